@@ -1,0 +1,1 @@
+"""CLI subcommands: option parsing only; each calls one library function."""

@@ -1,0 +1,10 @@
+"""`speechft convert` (placeholder until its issue lands)."""
+from __future__ import annotations
+
+import typer
+
+
+def command() -> None:
+    """Not available yet in this build."""
+    typer.echo("speechft convert: not available yet in this build", err=True)
+    raise typer.Exit(2)

@@ -1,0 +1,146 @@
+"""Explicit registry of corpus recipes, and on-demand preparation of built-in task data.
+
+Every recipe has the signature ``prepare(root, out_dir, **options) -> {subset: {split: manifest}}``
+and writes ``out_dir/<subset>/{train,dev,test}.jsonl`` (audio it creates goes under ``out_dir``;
+audio of an existing corpus is referenced in place by absolute path).
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..paths import data_home, default_fsdd_root
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    prepare: Callable[..., dict]
+    needs_root: bool
+    description: str
+
+
+# Lazy imports keep `speechft --help` fast; the mapping itself is explicit.
+def _lite(root, out_dir, **kw):
+    from . import lite
+
+    return lite.prepare(out_dir, **kw)
+
+
+def _pretrain_lite(root, out_dir, **kw):
+    from . import pretrain_lite
+
+    return pretrain_lite.prepare(out_dir, **kw)
+
+
+def _fsdd(root, out_dir, **kw):
+    from . import fsdd
+
+    return fsdd.prepare(root, out_dir, **kw)
+
+
+def _librispeech(root, out_dir, **kw):
+    from . import librispeech
+
+    return librispeech.prepare(root, out_dir, **kw)
+
+
+def _speechcommands(root, out_dir, **kw):
+    from . import speechcommands
+
+    return speechcommands.prepare(root, out_dir, **kw)
+
+
+def _voxceleb1(root, out_dir, **kw):
+    from . import voxceleb1
+
+    return voxceleb1.prepare(root, out_dir, **kw)
+
+
+def _iemocap(root, out_dir, **kw):
+    from . import iemocap
+
+    return iemocap.prepare(root, out_dir, **kw)
+
+
+def _fluent(root, out_dir, **kw):
+    from . import fluent
+
+    return fluent.prepare(root, out_dir, **kw)
+
+
+def _tedlium3(root, out_dir, **kw):
+    from . import tedlium3
+
+    return tedlium3.prepare(root, out_dir, **kw)
+
+
+def _build(recipes: list[Recipe]) -> dict[str, Recipe]:
+    out: dict[str, Recipe] = {}
+    for r in recipes:
+        if r.name in out:
+            raise ValueError(f"duplicate corpus recipe {r.name!r}")
+        out[r.name] = r
+    return out
+
+
+RECIPES: dict[str, Recipe] = _build([
+    Recipe("lite", _lite, False, "built-in synthetic benchmark (espeak-ng): lite-pr/asr/ks/sid/lid/ic/style"),
+    Recipe("pretrain-lite", _pretrain_lite, False, "unlabelled multi-language, multi-voice speech for pre-training"),
+    Recipe("fsdd", _fsdd, True, "Free Spoken Digit Dataset: fsdd-ks (digit) and fsdd-sid (speaker), test = takes 0-4"),
+    Recipe("librispeech", _librispeech, True, "LibriSpeech PR (needs --lexicon) and ASR"),
+    Recipe("speechcommands", _speechcommands, True, "Speech Commands v0.01, SUPERB KS (10 words + silence + unknown)"),
+    Recipe("voxceleb1", _voxceleb1, True, "VoxCeleb1 SID with the official iden_split.txt"),
+    Recipe("iemocap", _iemocap, True, "IEMOCAP 4-class ER, sessions as folds"),
+    Recipe("fluent", _fluent, True, "Fluent Speech Commands IC"),
+    Recipe("tedlium3", _tedlium3, True, "TED-LIUM 3 ASR (SUPERB/Speech-FT normalisation)"),
+])
+
+
+def get_recipe(name: str) -> Recipe:
+    if name in RECIPES:
+        return RECIPES[name]
+    close = difflib.get_close_matches(name, list(RECIPES), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known corpora: {', '.join(RECIPES)}"
+    raise KeyError(f"unknown corpus {name!r}{hint}")
+
+
+def default_out_dir(corpus: str, size: str = "default") -> Path:
+    if corpus == "lite" and size != "default":
+        return data_home() / f"lite-{size}"
+    return data_home() / corpus
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / f"{s}.jsonl").exists() for s in SPLITS)
+
+
+def task_manifests(task, size: str = "default", fsdd_root: Optional[str] = None) -> dict[str, Path]:
+    """Manifests of a built-in task, preparing its corpus on demand where that needs no user input."""
+    out_dir = default_out_dir(task.corpus, size)
+    folder = out_dir / task.subset
+    if not _complete(folder):
+        if task.corpus == "lite":
+            log.info("preparing lite data (%s size) in %s", size, out_dir)
+            _lite(None, out_dir, size=size)
+        elif task.corpus == "fsdd":
+            root = Path(fsdd_root).expanduser() if fsdd_root else default_fsdd_root()
+            if root is None:
+                raise FileNotFoundError(
+                    f"task {task.name} needs the Free Spoken Digit Dataset: pass --fsdd PATH or set SPEECHFT_FSDD "
+                    "(a clone of github.com/Jakobovski/free-spoken-digit-dataset)"
+                )
+            _fsdd(root, out_dir)
+        else:
+            raise FileNotFoundError(
+                f"task {task.name}: no manifests in {folder}; run 'speechft prepare {task.corpus} --root PATH' first"
+            )
+    if not _complete(folder):
+        raise FileNotFoundError(f"task {task.name}: preparing {task.corpus} did not produce {folder}/{{train,dev,test}}.jsonl")
+    return {s: folder / f"{s}.jsonl" for s in SPLITS}

@@ -1,0 +1,118 @@
+"""The encoder interface every part of the toolkit uses.
+
+A :class:`SpeechEncoder` wraps a transformers speech model (HuBERT, wav2vec 2.0, WavLM,
+data2vec-audio) or the FBANK baseline and returns *all* hidden states:
+
+    states, frame_lens = encoder(wav, wav_lens)
+        wav        FloatTensor [B, S]   16 kHz, zero-padded
+        wav_lens   LongTensor  [B]      real samples per row
+        states     list of L+1 FloatTensor [B, T, F]: CNN projection output, then every layer
+        frame_lens LongTensor  [B]      real frames per row (T = max(frame_lens) or more)
+
+Inference never masks in time and layerdrop is always 0.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class SpeechEncoder(nn.Module):
+    """Common interface: ``forward(wav, wav_lens) -> (list of [B,T,F], frame_lens [B])``."""
+
+    num_layers: int  # number of hidden states returned minus one
+    hidden_size: int
+    frame_rate: float = 50.0  # frames per second
+
+    def freeze_feature_extractor(self, freeze: bool = True) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def feature_extractor_parameters(self):  # pragma: no cover - interface
+        return []
+
+    def fingerprint(self) -> str:
+        """Content hash of the weights (used to key feature caches)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(type(self).__name__.encode())
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            t = v.detach().cpu().contiguous()
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:16]
+
+
+def _feature_extractor(model: nn.Module) -> nn.Module:
+    fe = getattr(model, "feature_extractor", None)
+    if fe is None:
+        raise AttributeError(f"{type(model).__name__} has no feature_extractor (CNN) to freeze")
+    return fe
+
+
+class HFEncoder(SpeechEncoder):
+    """A transformers speech model (``HubertModel``, ``Wav2Vec2Model``, ``WavLMModel``, ...)."""
+
+    def __init__(self, model: nn.Module, name: str = ""):
+        super().__init__()
+        # Inference semantics: no layerdrop, no time/feature masking. The config object is shared with
+        # the model by transformers, so we copy it before changing anything.
+        cfg = copy.deepcopy(model.config)
+        for key in ("layerdrop", "mask_time_prob", "mask_feature_prob"):
+            if hasattr(cfg, key):
+                setattr(cfg, key, 0.0)
+        model.config = cfg
+        self.model = model
+        self.name = name
+        self.num_layers = int(cfg.num_hidden_layers)
+        self.hidden_size = int(cfg.hidden_size)
+        stride = 1
+        for s in cfg.conv_stride:
+            stride *= int(s)
+        self.frame_rate = 16000.0 / stride
+        # Models whose CNN uses group norm were trained on unpadded input: HF says not to pass a mask.
+        self._use_mask = getattr(cfg, "feat_extract_norm", "layer") == "layer"
+        # Per-utterance zero-mean/unit-variance input (the checkpoint's feature-extractor config says).
+        self.normalize_input = False
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def feature_extractor_parameters(self):
+        return list(_feature_extractor(self.model).parameters())
+
+    def freeze_feature_extractor(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) the CNN; works for classes without ``freeze_feature_encoder``."""
+        fe = _feature_extractor(self.model)
+        for p in fe.parameters():
+            p.requires_grad_(not freeze)
+        # transformers' own flag skips building the autograd graph through the CNN
+        if hasattr(fe, "_requires_grad"):
+            fe._requires_grad = not freeze
+
+    def frame_lengths(self, wav_lens: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(wav_lens).long()
+
+    def forward(self, wav: torch.Tensor, wav_lens: Optional[torch.Tensor] = None):
+        if wav_lens is None:
+            wav_lens = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
+        valid = torch.arange(wav.shape[1], device=wav.device)[None, :] < wav_lens[:, None]
+        if self.normalize_input:
+            n = wav_lens.clamp(min=1).to(wav.dtype)[:, None]
+            mean = (wav * valid).sum(1, keepdim=True) / n
+            var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
+            wav = ((wav - mean) / torch.sqrt(var + 1e-7)) * valid
+        mask = valid.long() if self._use_mask else None
+        out = self.model(wav, attention_mask=mask, output_hidden_states=True, return_dict=True)
+        return list(out.hidden_states), self.frame_lengths(wav_lens)
+
+    def save_pretrained(self, out_dir, card: Optional[dict] = None) -> None:
+        from .io import save_encoder
+
+        save_encoder(self, out_dir, card=card)

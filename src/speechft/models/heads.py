@@ -1,0 +1,188 @@
+"""Task heads (the paper's task prediction model D) and the learnable weighted layer sum.
+
+Every head takes the encoder's hidden states and frame lengths and returns logits:
+
+    head(states, frame_lens) -> logits
+        states      list of L+1 FloatTensor [B, T, F]   (or a single [B, T, F] tensor)
+        frame_lens  LongTensor [B]
+        logits      ctc:      FloatTensor [B, T, V]  (V = vocab incl. blank at index 0)
+                    classify: FloatTensor [B, C]
+                    slots:    list of FloatTensor [B, C_k], one per slot
+
+``head.loss(logits, frame_lens, targets)`` and ``head.predict(logits, frame_lens)`` complete the
+contract; targets are what :func:`speechft.tasks` target encoders produce (token-id lists, class
+indices, or per-slot index lists). CTC loss is always computed in float32.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+States = Union[Sequence[torch.Tensor], torch.Tensor]
+
+
+class WeightedLayerSum(nn.Module):
+    """SUPERB's learnable softmax-weighted sum over hidden states (zero-init = uniform)."""
+
+    def __init__(self, num_states: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_states))
+
+    def forward(self, states: States) -> torch.Tensor:
+        if torch.is_tensor(states):
+            return states
+        if len(states) != self.weights.numel():
+            raise ValueError(f"expected {self.weights.numel()} hidden states, got {len(states)}")
+        w = torch.softmax(self.weights, dim=0)
+        stacked = torch.stack(list(states), dim=0)  # [L+1, B, T, F]
+        return (w.to(stacked.dtype)[:, None, None, None] * stacked).sum(0)
+
+    def normalized(self) -> list[float]:
+        return torch.softmax(self.weights.detach().float(), 0).tolist()
+
+
+class LastLayer(nn.Module):
+    """Use only the last hidden state (the fine-tuning default)."""
+
+    def forward(self, states: States) -> torch.Tensor:
+        return states if torch.is_tensor(states) else states[-1]
+
+
+def frame_mask(frame_lens: torch.Tensor, T: int) -> torch.Tensor:
+    """``[B, T]`` bool, True on real frames."""
+    return torch.arange(T, device=frame_lens.device)[None, :] < frame_lens[:, None]
+
+
+def mean_pool(x: torch.Tensor, frame_lens: torch.Tensor) -> torch.Tensor:
+    """Mean over real frames: ``[B, T, F] -> [B, F]``."""
+    m = frame_mask(frame_lens.clamp(max=x.shape[1]), x.shape[1]).to(x.dtype)[..., None]
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class _Head(nn.Module):
+    def __init__(self, in_dim: int, num_states: int, layer_sum: bool):
+        super().__init__()
+        self.mix = WeightedLayerSum(num_states) if layer_sum else LastLayer()
+
+    def layer_weights(self):
+        return self.mix.normalized() if isinstance(self.mix, WeightedLayerSum) else None
+
+
+class CTCHead(_Head):
+    """CTC over tokens. ``hidden=0``: a single linear layer (SUPERB PR). Otherwise linear ``proj``
+    followed by ``layers`` BiLSTM layers of ``hidden`` units per direction (the ASR setup)."""
+
+    kind = "ctc"
+
+    def __init__(self, in_dim, vocab_size, num_states=1, layer_sum=False, hidden=0, layers=0, proj=256, dropout=0.1):
+        super().__init__(in_dim, num_states, layer_sum)
+        self.vocab_size = vocab_size  # including blank (index 0)
+        if hidden and layers:
+            self.proj = nn.Linear(in_dim, proj)
+            self.rnn = nn.LSTM(proj, hidden, num_layers=layers, bidirectional=True, batch_first=True,
+                               dropout=dropout if layers > 1 else 0.0)
+            self.out = nn.Linear(2 * hidden, vocab_size)
+        else:
+            self.proj, self.rnn = None, None
+            self.out = nn.Linear(in_dim, vocab_size)
+
+    def forward(self, states: States, frame_lens: torch.Tensor) -> torch.Tensor:
+        x = self.mix(states)
+        if self.rnn is not None:
+            x = self.proj(x)
+            lens = frame_lens.clamp(min=1, max=x.shape[1]).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+            x, _ = self.rnn(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=states[-1].shape[1] if not torch.is_tensor(states) else states.shape[1])
+        return self.out(x)
+
+    def loss(self, logits, frame_lens, targets, reduction: str = "sum"):
+        """CTC loss in fp32; ``reduction='sum'`` returns the summed loss (normalise by token count)."""
+        logp = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [T, B, V]
+        tgt_lens = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        flat = torch.tensor([i for t in targets for i in t], dtype=torch.long)
+        in_lens = frame_lens.clamp(max=logits.shape[1]).cpu()
+        return F.ctc_loss(logp, flat, in_lens, tgt_lens, blank=0, reduction=reduction, zero_infinity=True)
+
+    def num_units(self, targets) -> int:
+        return sum(len(t) for t in targets)
+
+    @torch.no_grad()
+    def predict(self, logits, frame_lens) -> list[list[int]]:
+        """Greedy CTC decoding: collapse repeats, drop blanks."""
+        best = logits.argmax(-1).cpu()
+        out = []
+        for b in range(best.shape[0]):
+            seq, prev = [], -1
+            for t in best[b, : int(frame_lens[b])].tolist():
+                if t != prev and t != 0:
+                    seq.append(t)
+                prev = t
+            out.append(seq)
+        return out
+
+
+class PoolClassifier(_Head):
+    """Mean-pool over real frames + linear (SUPERB KS/SID/ER/LID)."""
+
+    kind = "classify"
+
+    def __init__(self, in_dim, num_classes, num_states=1, layer_sum=False):
+        super().__init__(in_dim, num_states, layer_sum)
+        self.out = nn.Linear(in_dim, num_classes)
+
+    def forward(self, states, frame_lens):
+        return self.out(mean_pool(self.mix(states), frame_lens))
+
+    def loss(self, logits, frame_lens, targets, reduction: str = "sum"):
+        return F.cross_entropy(logits.float(), torch.as_tensor(list(targets), dtype=torch.long, device=logits.device),
+                               reduction=reduction)
+
+    def num_units(self, targets) -> int:
+        return len(targets)
+
+    @torch.no_grad()
+    def predict(self, logits, frame_lens) -> list[int]:
+        return logits.argmax(-1).tolist()
+
+
+class SlotsClassifier(_Head):
+    """Mean-pool + one linear softmax per slot (SUPERB IC); a prediction is right when all slots are."""
+
+    kind = "slots"
+
+    def __init__(self, in_dim, slot_sizes: Sequence[int], num_states=1, layer_sum=False):
+        super().__init__(in_dim, num_states, layer_sum)
+        self.outs = nn.ModuleList(nn.Linear(in_dim, n) for n in slot_sizes)
+
+    def forward(self, states, frame_lens):
+        pooled = mean_pool(self.mix(states), frame_lens)
+        return [o(pooled) for o in self.outs]
+
+    def loss(self, logits, frame_lens, targets, reduction: str = "sum"):
+        t = torch.as_tensor([list(x) for x in targets], dtype=torch.long, device=logits[0].device)
+        return sum(F.cross_entropy(lg.float(), t[:, k], reduction=reduction) for k, lg in enumerate(logits))
+
+    def num_units(self, targets) -> int:
+        return len(targets)
+
+    @torch.no_grad()
+    def predict(self, logits, frame_lens) -> list[list[int]]:
+        return torch.stack([lg.argmax(-1) for lg in logits], dim=1).tolist()
+
+
+def build_head(task, in_dim: int, num_states: int, vocab, layer_sum: bool = True, **overrides) -> _Head:
+    """Head for ``task`` (:class:`speechft.tasks.Task`). ``vocab`` is the :class:`speechft.vocab.Vocab`
+    built from the train manifest (tokens for CTC, classes, or per-slot classes)."""
+    opts = {**task.head_options(), **overrides}
+    if task.kind == "ctc":
+        if task.head == "linear_ctc":
+            opts.setdefault("hidden", 0)
+            opts.setdefault("layers", 0)
+        return CTCHead(in_dim, len(vocab), num_states=num_states, layer_sum=layer_sum, **opts)
+    if task.kind == "classify":
+        return PoolClassifier(in_dim, len(vocab), num_states=num_states, layer_sum=layer_sum)
+    return SlotsClassifier(in_dim, vocab.slot_sizes(), num_states=num_states, layer_sum=layer_sum)

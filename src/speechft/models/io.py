@@ -1,0 +1,163 @@
+"""Load an encoder from a reference and save encoders as plain Hugging Face directories.
+
+Model references understood by :func:`load_encoder`:
+
+* ``speechft-tiny``          the pre-trained default shipped inside the package
+* ``speechft-tiny-random``   the same architecture, randomly initialised (fixed seed)
+* ``fbank``                  log-mel filterbank frames (SUPERB's lower reference)
+* a local directory          any transformers speech model saved with ``save_pretrained``
+* a hub id                   e.g. ``facebook/hubert-base-ls960`` (needs network access)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..paths import ASSETS_DIR
+from ..utils.io import atomic_dir
+from .encoder import HFEncoder, SpeechEncoder
+
+log = logging.getLogger(__name__)
+
+TINY_NAME = "speechft-tiny"
+TINY_RANDOM_NAME = "speechft-tiny-random"
+FBANK_NAME = "fbank"
+BUILTIN_NAMES = (TINY_NAME, TINY_RANDOM_NAME, FBANK_NAME)
+CARD_FILE = "speechft_card.json"
+
+
+def tiny_config(**overrides):
+    """The default architecture: HuBERT, 4 layers x 256 hidden, narrow (128-ch) CNN, ~3.7 M params."""
+    from transformers import HubertConfig
+
+    kw = dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        conv_dim=(128,) * 7,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=False,
+        num_conv_pos_embeddings=64,
+        num_conv_pos_embedding_groups=16,
+        layerdrop=0.0,
+        mask_time_prob=0.0,
+        mask_feature_prob=0.0,
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        final_dropout=0.0,
+        vocab_size=32,
+    )
+    kw.update(overrides)
+    return HubertConfig(**kw)
+
+
+def build_model_from_config(config, seed: int = 0):
+    """Instantiate a transformers model from a config with a fixed seed (tests, random baselines)."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    return AutoModel.from_config(config)
+
+
+def is_hf_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists()
+
+
+def _normalize_flag(ref: str) -> bool:
+    try:
+        from transformers import AutoFeatureExtractor
+
+        fe = AutoFeatureExtractor.from_pretrained(ref)
+        return bool(getattr(fe, "do_normalize", False))
+    except Exception:  # no preprocessor config: raw waveform
+        return False
+
+
+def load_encoder(ref: Optional[str] = None, freeze_feature_extractor: bool = False) -> SpeechEncoder:
+    """Load a model reference (see module docstring); ``None`` means the shipped ``speechft-tiny``."""
+    ref = ref or TINY_NAME
+    if ref == FBANK_NAME:
+        from .fbank import FbankEncoder
+
+        return FbankEncoder()
+    if ref == TINY_RANDOM_NAME:
+        enc = HFEncoder(build_model_from_config(tiny_config(), seed=0), name=TINY_RANDOM_NAME)
+        enc.normalize_input = True
+    else:
+        path = ASSETS_DIR / TINY_NAME if ref == TINY_NAME else Path(ref).expanduser()
+        if ref == TINY_NAME and not is_hf_dir(path):
+            raise FileNotFoundError(
+                f"the shipped model is missing from {path}; reinstall speechft or run 'speechft pretrain' to rebuild it"
+            )
+        if path.exists() and not is_hf_dir(path):
+            raise FileNotFoundError(
+                f"{path}: not a Hugging Face model directory (no config.json); "
+                "use 'speechft convert' for fairseq/s3prl/Speech-FT checkpoints"
+            )
+        src = str(path) if path.exists() else ref
+        from transformers import AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(src)
+        except OSError as e:
+            raise FileNotFoundError(f"cannot load model {ref!r}: {e}") from None
+        enc = HFEncoder(model, name=ref)
+        enc.normalize_input = _normalize_flag(src)
+    enc.eval()
+    if freeze_feature_extractor:
+        enc.freeze_feature_extractor(True)
+    return enc
+
+
+def read_card(path: str | Path) -> dict:
+    p = Path(path) / CARD_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def render_card(card: dict) -> str:
+    lines = ["---", "library_name: transformers", "tags: [speech, speechft]", "---", ""]
+    lines.append(f"# {card.get('name', 'speechft encoder')}\n")
+    lines.append("Saved by speechft. Load it with `transformers.AutoModel.from_pretrained(<this dir>)`.\n")
+    lines.append("| field | value |\n|---|---|")
+    for k, v in card.items():
+        if k in ("name", "notes"):
+            continue
+        if isinstance(v, (list, dict)):
+            v = json.dumps(v)
+        lines.append(f"| {k} | {v} |")
+    if card.get("notes"):
+        lines.append("\n" + str(card["notes"]))
+    return "\n".join(lines) + "\n"
+
+
+def save_encoder(encoder: SpeechEncoder, out_dir: str | Path, card: Optional[dict] = None) -> Path:
+    """Write an HF-loadable directory atomically: config.json, model.safetensors,
+    preprocessor_config.json, README.md (model card) and speechft_card.json."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    if not isinstance(encoder, HFEncoder):
+        raise TypeError(f"only transformers encoders can be saved, not {type(encoder).__name__}")
+    out_dir = Path(out_dir)
+    card = dict(card or {})
+    card.setdefault("name", out_dir.name)
+    card.setdefault("architecture", type(encoder.model).__name__)
+    card.setdefault("parameters", sum(p.numel() for p in encoder.model.parameters()))
+    with atomic_dir(out_dir) as tmp:
+        encoder.model.save_pretrained(tmp, safe_serialization=True)
+        Wav2Vec2FeatureExtractor(
+            feature_size=1,
+            sampling_rate=16000,
+            padding_value=0.0,
+            do_normalize=bool(getattr(encoder, "normalize_input", False)),
+            return_attention_mask=encoder._use_mask,
+        ).save_pretrained(tmp)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
+        (tmp / "README.md").write_text(render_card(card))
+    return out_dir

@@ -1,0 +1,26 @@
+"""Where built-in corpora, caches and the shipped model live."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSETS_DIR = PACKAGE_DIR / "assets"
+
+
+def data_home() -> Path:
+    """Data home for built-in corpora and caches: ``$SPEECHFT_HOME`` or ``~/.cache/speechft``."""
+    env = os.environ.get("SPEECHFT_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "speechft"
+
+
+def default_fsdd_root() -> Path | None:
+    """FSDD location: ``$SPEECHFT_FSDD``, else ``../shared/data/fsdd`` next to the project (when present)."""
+    env = os.environ.get("SPEECHFT_FSDD")
+    if env:
+        return Path(env).expanduser()
+    candidates = [Path.cwd() / "../shared/data/fsdd", PACKAGE_DIR.parents[1] / "../shared/data/fsdd"]
+    for c in candidates:
+        if (c / "recordings").is_dir():
+            return c.resolve()
+    return None
