@@ -1,0 +1,228 @@
+"""`speechft analyze`: how far fine-tuned / merged models drift from the pre-trained one.
+
+For models M0 (reference, usually pre-trained θ₀), M1, M2, ... on the same audio:
+
+* per layer, mean frame cosine similarity and unbiased linear CKA of each Mi to M0;
+* LLFC (linear layer-wise feature connectivity): for α on a grid and each Mi, per layer, R² of the
+  features of the interpolated model θ̂(α) = (1-α)θ₀ + αθᵢ against (1-α)F(θ₀) + αF(θᵢ);
+* weight-space distance per layer group: ‖θᵢ - θ₀‖ and ‖θᵢ - θ₀‖ / ‖θ₀‖.
+
+Results are JSONL records (``analysis.jsonl``); the PNG plots are drawn from those records only.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..utils.io import atomic_write_text, read_jsonl
+from .similarity import R2, LinearCKA, MeanCosine
+
+log = logging.getLogger(__name__)
+DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def interpolate(sd0: dict, sd1: dict, alpha: float) -> dict:
+    """(1-α)θ₀ + αθ′ per tensor (float64 math, source dtype out), exact at α ∈ {0, 1};
+    non-float tensors keep θ₀."""
+    out = {}
+    for k, v0 in sd0.items():
+        v1 = sd1[k]
+        if not torch.is_floating_point(v0) or alpha == 0.0:
+            out[k] = v0.clone()
+        elif alpha == 1.0:
+            out[k] = v1.clone()
+        else:
+            out[k] = ((1.0 - alpha) * v0.double() + alpha * v1.double()).to(v0.dtype)
+    return out
+
+
+def layer_group(key: str) -> str:
+    """Map a parameter name to a coarse layer group for distance plots."""
+    m = re.search(r"encoder\.layers\.(\d+)\.", key)
+    if m:
+        return f"layer{int(m.group(1)) + 1}"
+    for name in ("feature_extractor", "feature_projection", "pos_conv_embed", "masked_spec_embed"):
+        if name in key:
+            return {"feature_extractor": "cnn", "feature_projection": "proj"}.get(name, name)
+    return "other"
+
+
+def weight_distances(sd0: dict, sd1: dict) -> list[dict]:
+    acc: dict[str, list[float]] = {}
+    for k, v0 in sd0.items():
+        if not torch.is_floating_point(v0):
+            continue
+        g = layer_group(k)
+        d = (sd1[k].double() - v0.double()).pow(2).sum().item()
+        n = v0.double().pow(2).sum().item()
+        a = acc.setdefault(g, [0.0, 0.0])
+        a[0] += d
+        a[1] += n
+    out = []
+    for g, (d, n) in acc.items():
+        out.append({"group": g, "l2": d ** 0.5, "relative": (d ** 0.5) / (n ** 0.5) if n > 0 else float("nan")})
+    return out
+
+
+def _frames(states, frame_lens):
+    """list of [B,T,F] -> list of [N,F] real frames only."""
+    T = states[0].shape[1]
+    mask = torch.arange(T)[None, :] < frame_lens.clamp(max=T)[:, None]
+    return [s[mask] for s in states]
+
+
+def analyze(
+    models: Sequence[str],
+    manifest: str | Path,
+    out_dir: str | Path,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    limit: Optional[int] = 200,
+    batch_seconds: float = 40.0,
+    names: Optional[Sequence[str]] = None,
+    encoders: Optional[Sequence] = None,
+) -> list[dict]:
+    """Run all analyses; ``models[0]`` is the reference θ₀. Returns the records written."""
+    from ..data.dataset import AudioDataset, collate
+    from ..data.sampler import LengthBucketSampler
+    from ..data.validate import load_checked_rows
+    from ..models.encoder import HFEncoder
+    from ..models.io import load_encoder
+
+    if len(models) < 2:
+        raise ValueError("analyze needs at least two models: the reference M0 and one to compare")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(names or models)
+    encs = list(encoders) if encoders is not None else [load_encoder(m) for m in models]
+    for e in encs:
+        e.eval()
+    rows = load_checked_rows(manifest)[: limit or None]
+    ds = AudioDataset(rows, max_seconds=20.0)
+    sampler = LengthBucketSampler(ds.durations(), batch_seconds, shuffle=False)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
+
+    ref = encs[0]
+    L = ref.num_layers + 1
+    sims = {i: ([MeanCosine() for _ in range(L)], [LinearCKA(ref.hidden_size, encs[i].hidden_size) for _ in range(L)])
+            for i in range(1, len(encs))}
+    # LLFC needs weight interpolation: only for transformers models of the reference's architecture.
+    llfc_models, llfc = {}, {}
+    sd0 = ref.model.state_dict() if isinstance(ref, HFEncoder) else None
+    for i in range(1, len(encs)):
+        e = encs[i]
+        if sd0 is None or not isinstance(e, HFEncoder) or e.model.state_dict().keys() != sd0.keys():
+            log.info("LLFC skipped for %s (not interpolable with %s)", names[i], names[0])
+            continue
+        sd1 = e.model.state_dict()
+        for a in alphas:
+            m = copy.deepcopy(ref)
+            m.model.load_state_dict(interpolate(sd0, sd1, a))
+            llfc_models[(i, a)] = m.eval()
+            llfc[(i, a)] = [R2(ref.hidden_size) for _ in range(L)]
+
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="analyze", unit="batch"):
+            feats = []
+            for e in encs:
+                st, fl = e(batch["wav"], batch["wav_lens"])
+                feats.append(_frames(st, fl))
+            for i, (cos, cka) in sims.items():
+                for layer in range(min(L, len(feats[i]))):
+                    x, y = feats[0][layer], feats[i][layer]
+                    n = min(x.shape[0], y.shape[0])
+                    if x.shape[1] == y.shape[1]:
+                        cos[layer].update(x[:n], y[:n])
+                    cka[layer].update(x[:n], y[:n])
+            for (i, a), m in llfc_models.items():
+                st, fl = m(batch["wav"], batch["wav_lens"])
+                fm = _frames(st, fl)
+                for layer in range(L):
+                    llfc[(i, a)][layer].update(fm[layer], (1 - a) * feats[0][layer] + a * feats[i][layer])
+
+    records = []
+    for i, (cos, cka) in sims.items():
+        for layer in range(L):
+            records.append({"kind": "similarity", "reference": names[0], "model": names[i], "layer": layer,
+                            "cosine": cos[layer].value() if cos[layer].n else None, "cka": cka[layer].value()})
+    for (i, a), r2s in llfc.items():
+        for layer in range(L):
+            records.append({"kind": "llfc", "reference": names[0], "model": names[i], "alpha": a, "layer": layer,
+                            "r2": r2s[layer].value()})
+    for i in range(1, len(encs)):
+        if sd0 is not None and isinstance(encs[i], HFEncoder) and encs[i].model.state_dict().keys() == sd0.keys():
+            for r in weight_distances(sd0, encs[i].model.state_dict()):
+                records.append({"kind": "weight_distance", "reference": names[0], "model": names[i], **r})
+    import json
+
+    atomic_write_text(out_dir / "analysis.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    plot_analysis(out_dir / "analysis.jsonl", out_dir)
+    return records
+
+
+def plot_analysis(records_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Draw similarity.png, llfc.png and weight_distance.png from the records file only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_jsonl(records_path)
+    out_dir = Path(out_dir)
+    written = []
+    sim = [r for r in recs if r["kind"] == "similarity"]
+    if sim:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for model in dict.fromkeys(r["model"] for r in sim):
+            rs = sorted((r for r in sim if r["model"] == model), key=lambda r: r["layer"])
+            for ax, key in zip(axes, ("cosine", "cka")):
+                pts = [(r["layer"], r[key]) for r in rs if r[key] is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=model)
+        for ax, title in zip(axes, ("mean frame cosine similarity to M0", "linear CKA (unbiased) to M0")):
+            ax.set_xlabel("layer (0 = CNN projection)")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+        written.append(_save(fig, out_dir / "similarity.png"))
+    ll = [r for r in recs if r["kind"] == "llfc"]
+    if ll:
+        models = list(dict.fromkeys(r["model"] for r in ll))
+        fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            for a in sorted({r["alpha"] for r in ll}):
+                rs = sorted((r for r in ll if r["model"] == model and r["alpha"] == a), key=lambda r: r["layer"])
+                ax.plot([r["layer"] for r in rs], [r["r2"] for r in rs], marker="o", label=f"α={a:g}")
+            ax.set_title(f"LLFC R² — {model}", fontsize=10)
+            ax.set_xlabel("layer")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        written.append(_save(fig, out_dir / "llfc.png"))
+    wd = [r for r in recs if r["kind"] == "weight_distance"]
+    if wd:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for model in dict.fromkeys(r["model"] for r in wd):
+            rs = [r for r in wd if r["model"] == model]
+            ax.plot([r["group"] for r in rs], [r["relative"] for r in rs], marker="o", label=model)
+        ax.set_ylabel("‖θ − θ₀‖ / ‖θ₀‖")
+        ax.set_title("relative weight distance per layer group", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out_dir / "weight_distance.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
