@@ -28,18 +28,13 @@ DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def interpolate(sd0: dict, sd1: dict, alpha: float) -> dict:
-    """(1-α)θ₀ + αθ′ per tensor (float64 math, source dtype out), exact at α ∈ {0, 1};
+    """θ̂(α) = (1-α)θ₀ + αθ′ per tensor with the merge registry's ``linear`` method (exact at α ∈ {0, 1});
     non-float tensors keep θ₀."""
-    out = {}
-    for k, v0 in sd0.items():
-        v1 = sd1[k]
-        if not torch.is_floating_point(v0) or alpha == 0.0:
-            out[k] = v0.clone()
-        elif alpha == 1.0:
-            out[k] = v1.clone()
-        else:
-            out[k] = ((1.0 - alpha) * v0.double() + alpha * v1.double()).to(v0.dtype)
-    return out
+    from ..merge.methods import MergeParams, linear
+
+    p = MergeParams(alpha=alpha)
+    return {k: (linear(v0, [sd1[k]], p).to(v0.dtype) if torch.is_floating_point(v0) else v0.clone())
+            for k, v0 in sd0.items()}
 
 
 def layer_group(key: str) -> str:

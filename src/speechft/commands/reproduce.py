@@ -1,10 +1,28 @@
-"""`speechft reproduce` (placeholder until its issue lands)."""
+"""`speechft reproduce`."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from ._common import user_errors
 
-def command() -> None:
-    """Not available yet in this build."""
-    typer.echo("speechft reproduce: not available yet in this build", err=True)
-    raise typer.Exit(2)
+
+def command(
+    out: Path = typer.Option(..., "--out", help="Output folder (report.md, models, probe records, plots); rerun to resume."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/reproduce.yaml); defaults built in."),
+    quick: bool = typer.Option(False, "--quick", help="CI-sized run: quick lite data, few steps, short probes, coarse sweep."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per (model, task); > 1 reports mean ± std."),
+    model: Optional[str] = typer.Option(None, "--model", help="Pre-trained model reference (default: speechft-tiny)."),
+    fsdd: Optional[str] = typer.Option(None, "--fsdd", help="Path to the Free Spoken Digit Dataset (for fsdd-* tasks)."),
+) -> None:
+    """The paper's loop in one command: prepare data, stable and regular fine-tuning (+ baselines),
+    Speech-FT merge, probes of every model on every task, α sweep, analyses, and OUT/report.md."""
+    from ..pipeline import reproduce
+    from ..pipeline_config import ReproduceConfig
+
+    with user_errors():
+        cfg = ReproduceConfig.load(config, seeds=seeds, model=model, fsdd=fsdd)
+        report = reproduce(cfg, out, quick=quick)
+    typer.echo(f"report: {report}")

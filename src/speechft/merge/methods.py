@@ -1,0 +1,205 @@
+"""Merge methods: small pure functions over one tensor at a time, in an explicit registry.
+
+Every method has the signature ``fn(base, tuned, params, generator) -> Tensor``:
+
+    base       Tensor [*]        θ₀'s value of one parameter (any floating dtype)
+    tuned      list of n Tensor [*]  the fine-tuned models' values θ′₁…θ′ₙ of the same parameter
+    params     MergeParams       α, per-model weights, density, seed, sign rule
+    generator  torch.Generator   seeded per parameter (only random methods use it), or None
+    returns    Tensor [*] float64
+
+Arithmetic is done in float64, so α=0 returns θ₀ and (for one model) α=1 returns θ′ bit for bit once
+the caller casts back to the source dtype. τᵢ = θ′ᵢ − θ₀ is the task vector of model i.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+COMPUTE_DTYPE = torch.float64
+SIGN_RULES = ("total", "frequency")
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    """Options of a merge. ``weights=None`` means every fine-tuned model weighs 1."""
+
+    alpha: float = 0.25
+    weights: Optional[tuple[float, ...]] = None
+    density: float = 0.5
+    seed: int = 0
+    majority_sign: str = "total"
+
+    def model_weights(self, n: int) -> list[float]:
+        return [1.0] * n if self.weights is None else [float(w) for w in self.weights]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    fn: Callable[[Tensor, Sequence[Tensor], MergeParams, Optional[torch.Generator]], Tensor]
+    formula: str
+    options: tuple[str, ...]  # the MergeParams fields this method reads
+    random: bool = False
+
+
+def _f64(t: Tensor) -> Tensor:
+    return t.to(COMPUTE_DTYPE)
+
+
+def weighted_mean(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Σ wᵢ tᵢ / Σ wᵢ in float64, accumulated one tensor at a time (one model: exactly t₁)."""
+    total = float(sum(weights))
+    acc = _f64(tensors[0]) * (weights[0] / total)  # for one model: t · 1.0, exact
+    for t, w in zip(tensors[1:], weights[1:]):
+        acc.add_(_f64(t), alpha=w / total)
+    return acc
+
+
+def weighted_task_sum(base: Tensor, tuned: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Σ wᵢ (θ′ᵢ − θ₀) in float64, one model at a time."""
+    b = _f64(base)
+    acc = torch.zeros_like(b)
+    for t, w in zip(tuned, weights):
+        acc.add_(_f64(t) - b, alpha=w)
+    return acc
+
+
+def linear(base: Tensor, tuned: Sequence[Tensor], p: MergeParams, generator=None) -> Tensor:
+    """Speech-FT: θ̂ = θ₀ + α·mean_w(θ′ᵢ − θ₀) = (1−α)·θ₀ + α·mean_w(θ′ᵢ)."""
+    if p.alpha == 0:
+        return _f64(base)
+    mean = weighted_mean(tuned, p.model_weights(len(tuned)))
+    if p.alpha == 1:
+        return mean
+    return _f64(base).mul_(1.0 - p.alpha).add_(mean, alpha=p.alpha)
+
+
+def task_arithmetic(base: Tensor, tuned: Sequence[Tensor], p: MergeParams, generator=None) -> Tensor:
+    """θ̂ = θ₀ + α·Σ wᵢ τᵢ (task arithmetic; λᵢ = α·wᵢ)."""
+    if p.alpha == 0:
+        return _f64(base)
+    return _f64(base).add_(weighted_task_sum(base, tuned, p.model_weights(len(tuned))), alpha=p.alpha)
+
+
+def magnitude_trim(tau: Tensor, density: float) -> Tensor:
+    """Keep the ⌊density·numel⌋ entries of largest magnitude, zero the rest (TIES 'trim')."""
+    if density >= 1:
+        return tau
+    k = int(density * tau.numel())
+    flat = tau.reshape(-1)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        mask[torch.topk(flat.abs(), k=k, largest=True).indices] = True
+    return (flat * mask).reshape(tau.shape)
+
+
+def dare_drop(tau: Tensor, density: float, generator: Optional[torch.Generator]) -> Tensor:
+    """Keep each entry with probability ``density`` and rescale kept ones by 1/density (DARE)."""
+    if density >= 1:
+        return tau
+    keep = torch.rand(tau.shape, generator=generator, dtype=torch.float32) < density
+    return tau * keep / density
+
+
+def elect_and_merge(taus: Sequence[Tensor], weights: Sequence[float], rule: str) -> Tensor:
+    """TIES sign election and disjoint mean.
+
+    γ = sign(Σᵢ τᵢ) ('total') or sign(Σᵢ sign τᵢ) ('frequency'), ties resolved to +;
+    merged = Σᵢ [sign τᵢ = γ]·wᵢ·τᵢ / max(1, Σᵢ [sign τᵢ = γ]). Zero entries never agree.
+    """
+    stacked = torch.stack(list(taus))
+    signs = stacked.sign()
+    votes = stacked.sum(0) if rule == "total" else signs.sum(0)
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(stacked.dtype)
+    agree = signs == elected
+    w = torch.tensor(list(weights), dtype=stacked.dtype).reshape((-1,) + (1,) * (stacked.dim() - 1))
+    total = (stacked * w * agree).sum(0)
+    return total / agree.sum(0).clamp(min=1).to(stacked.dtype)
+
+
+def ties(base: Tensor, tuned: Sequence[Tensor], p: MergeParams, generator=None) -> Tensor:
+    """TIES: θ̂ = θ₀ + α·disjoint_mean(elect(trim_density(τᵢ)))."""
+    if p.alpha == 0:
+        return _f64(base)
+    b = _f64(base)
+    taus = [magnitude_trim(_f64(t) - b, p.density) for t in tuned]
+    return b.add_(elect_and_merge(taus, p.model_weights(len(tuned)), p.majority_sign), alpha=p.alpha)
+
+
+def dare(base: Tensor, tuned: Sequence[Tensor], p: MergeParams, generator=None) -> Tensor:
+    """DARE: θ̂ = θ₀ + α·Σ wᵢ·(mᵢ ⊙ τᵢ)/density, mᵢ ~ Bernoulli(density) (seeded per parameter)."""
+    if p.alpha == 0:
+        return _f64(base)
+    b = _f64(base)
+    acc = torch.zeros_like(b)
+    for t, w in zip(tuned, p.model_weights(len(tuned))):
+        acc.add_(dare_drop(_f64(t) - b, p.density, generator), alpha=w)
+    return b.add_(acc, alpha=p.alpha)
+
+
+def dare_ties(base: Tensor, tuned: Sequence[Tensor], p: MergeParams, generator=None) -> Tensor:
+    """DARE drop-and-rescale, then TIES sign election and disjoint mean."""
+    if p.alpha == 0:
+        return _f64(base)
+    b = _f64(base)
+    taus = [dare_drop(_f64(t) - b, p.density, generator) for t in tuned]
+    return b.add_(elect_and_merge(taus, p.model_weights(len(tuned)), p.majority_sign), alpha=p.alpha)
+
+
+def _build(methods: list[MergeMethod]) -> dict[str, MergeMethod]:
+    out: dict[str, MergeMethod] = {}
+    for m in methods:
+        if m.name in out:
+            raise ValueError(f"duplicate merge method {m.name!r}")
+        out[m.name] = m
+    return out
+
+
+METHODS: dict[str, MergeMethod] = _build([
+    MergeMethod("linear", linear, "θ̂ = (1−α)·θ₀ + α·mean_w(θ′ᵢ) = θ₀ + α·mean_w(θ′ᵢ − θ₀)", ("alpha", "weights")),
+    MergeMethod("task_arithmetic", task_arithmetic, "θ̂ = θ₀ + α·Σ wᵢ·τᵢ", ("alpha", "weights")),
+    MergeMethod("ties", ties, "θ̂ = θ₀ + α·disjoint_mean_w(elect(trim(τᵢ, density)))",
+                ("alpha", "weights", "density", "majority_sign")),
+    MergeMethod("dare", dare, "θ̂ = θ₀ + α·Σ wᵢ·(mᵢ⊙τᵢ)/density, mᵢ ~ Bernoulli(density)",
+                ("alpha", "weights", "density", "seed"), random=True),
+    MergeMethod("dare_ties", dare_ties, "θ̂ = θ₀ + α·disjoint_mean_w(elect((mᵢ⊙τᵢ)/density))",
+                ("alpha", "weights", "density", "seed", "majority_sign"), random=True),
+])
+
+
+def get_method(name: str) -> MergeMethod:
+    if name in METHODS:
+        return METHODS[name]
+    close = difflib.get_close_matches(name, list(METHODS), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known methods: {', '.join(METHODS)}"
+    raise KeyError(f"unknown merge method {name!r}{hint}")
+
+
+def check_params(method: MergeMethod, p: MergeParams, n_models: int) -> None:
+    """Refuse options that make no sense, before any file is read or written."""
+    if n_models < 1:
+        raise ValueError("merging needs at least one fine-tuned model")
+    if not math.isfinite(p.alpha):
+        raise ValueError(f"alpha must be a finite number, got {p.alpha}")
+    if p.weights is not None:
+        if len(p.weights) != n_models:
+            raise ValueError(f"--weights has {len(p.weights)} values but {n_models} fine-tuned models were given")
+        if not all(math.isfinite(w) for w in p.weights):
+            raise ValueError(f"weights must be finite numbers, got {list(p.weights)}")
+        if method.name == "linear" and sum(p.weights) <= 0:
+            raise ValueError(f"linear merging needs weights with a positive sum, got {list(p.weights)}")
+    if "density" in method.options and not 0 < p.density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {p.density}")
+    if "majority_sign" in method.options and p.majority_sign not in SIGN_RULES:
+        raise ValueError(f"majority sign rule must be one of {', '.join(SIGN_RULES)}, got {p.majority_sign!r}")
+
+
+def describe(method: MergeMethod, p: MergeParams) -> dict:
+    """The options that matter for ``method`` (recorded in model cards and sweep records)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in method.options for v in [getattr(p, k)]}

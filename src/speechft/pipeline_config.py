@@ -1,0 +1,72 @@
+"""Configuration of `speechft reproduce`: a frozen dataclass loaded from YAML.
+
+What to run (models, tasks, recipes, α) is separate from how much (sizes, steps); `--quick` swaps
+in the quick sizes. The resolved config is saved as ``OUT/config.yaml`` next to the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    model: str = "speechft-tiny"  # pre-trained θ₀
+    ft_task: str = "lite-asr"  # the fine-tuning task (the paper fine-tunes on ASR)
+    tasks: tuple = ("lite-pr", "lite-asr", "lite-ks", "lite-sid", "lite-lid", "lite-ic", "lite-style", "fsdd-ks", "fsdd-sid")
+    baselines: tuple = ("l2sp",)  # besides regular FT: any of l2sp, lora, dora, early
+    alpha: float = 0.25
+    sweep_alphas: tuple = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+    sweep_tasks: tuple = ("lite-asr", "lite-pr", "lite-sid", "fsdd-ks")
+    size: str = "default"  # lite data size: default | quick
+    ft_steps: int = 400
+    ft_lr: float = 1e-4
+    beta: float = 0.1
+    l2sp_lambda: float = 1.0
+    lora_rank: int = 8
+    early_every: int = 0  # 0 = early checkpoints baseline off (or every K steps when "early" is listed)
+    probe_epochs: Optional[int] = None  # None = each task's default
+    probe_limit: Optional[int] = None
+    seeds: int = 1
+    analysis_limit: int = 100
+    fsdd: Optional[str] = None
+
+    @classmethod
+    def load(cls, path: Optional[str | Path] = None, **overrides) -> "ReproduceConfig":
+        data = {}
+        if path is not None:
+            path = Path(path)
+            if not path.exists():
+                raise FileNotFoundError(f"config file {path} not found")
+            data = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: expected a mapping of config keys")
+        known = {f.name for f in fields(cls)}
+        for k in data:
+            if k not in known:
+                import difflib
+
+                close = difflib.get_close_matches(k, known, n=1)
+                raise ValueError(f"unknown config key {k!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        for k in ("tasks", "baselines", "sweep_alphas", "sweep_tasks"):
+            if k in data and isinstance(data[k], list):
+                data[k] = tuple(data[k])
+        return cls(**data)
+
+    @classmethod
+    def quick(cls, base: "ReproduceConfig") -> "ReproduceConfig":
+        """The CI-sized variant: quick lite data, few steps, short probes, a coarse sweep."""
+        return dataclasses.replace(
+            base, size="quick", ft_steps=min(base.ft_steps, 60), probe_epochs=base.probe_epochs or 3,
+            sweep_alphas=(0.0, 0.25, 1.0), sweep_tasks=tuple(t for t in base.sweep_tasks[:2]), analysis_limit=20,
+            baselines=tuple(b for b in base.baselines if b in ("l2sp",)),
+        )
+
+    def to_yaml(self) -> str:
+        d = dataclasses.asdict(self)
+        return yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, sort_keys=False)
