@@ -1,10 +1,85 @@
-"""`speechft probe` (placeholder until its issue lands)."""
+"""`speechft probe`."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from ._common import split_csv, user_errors
 
-def command() -> None:
-    """Not available yet in this build."""
-    typer.echo("speechft probe: not available yet in this build", err=True)
-    raise typer.Exit(2)
+
+def list_tasks() -> str:
+    from ..tasks import TASKS
+
+    lines = []
+    for t in TASKS.values():
+        arrow = "↑" if t.higher_is_better else "↓"
+        head = t.head + (f" {t.head_options()}" if t.head_options() else "")
+        lines.append(f"{t.name:<13} {t.kind:<8} {t.target_field:<8} {t.metric + ' ' + arrow:<10} {head:<40} "
+                     f"v{t.version}  {t.superb_analogue:<4} {t.description}")
+    header = f"{'task':<13} {'kind':<8} {'target':<8} {'metric':<10} {'head':<40} ver SUPERB description"
+    return "\n".join([header] + lines)
+
+
+def command(
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Model reference(s) to probe: speechft-tiny, "
+                                              "speechft-tiny-random, fbank, a model folder or a hub id. Repeat or "
+                                              "comma-separate to probe several (probe 'fbank' too for the SUPERB score)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names (see --list). Default: "
+                                        "every lite task plus fsdd-ks/fsdd-sid when FSDD is found."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder: results.jsonl (appended, resumable), "
+                                       "summary.md, layer_weights.png."),
+    seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0..N-1); more than one reports mean ± std."),
+    limit: int = typer.Option(0, "--limit", help="At most N utterances per split (0 = all), for smoke tests."),
+    quick: bool = typer.Option(False, "--quick", help="Quick-size lite data and fewer epochs."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override every task's number of training epochs."),
+    fsdd: Optional[Path] = typer.Option(None, "--fsdd", help="Path of a Free Spoken Digit Dataset clone "
+                                        "(default: $SPEECHFT_FSDD or ../shared/data/fsdd)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop invalid manifest rows (logged) instead of failing."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache root "
+                                             "(default: $SPEECHFT_HOME/features)."),
+    device: str = typer.Option("cpu", "--device", help="Device for feature extraction and heads, e.g. cpu, cuda."),
+    task_manifests: Optional[str] = typer.Option(None, "--task-manifests", help="User task: train.jsonl,dev.jsonl,test.jsonl."),
+    task_type: str = typer.Option("classify", "--task-type", help="User task kind: ctc, classify or slots."),
+    task_name: str = typer.Option("user", "--task-name", help="User task name (in results and tables)."),
+    target_field: str = typer.Option("label", "--target-field", help="User task target: text, phones, label, "
+                                     "speaker or language."),
+    task_metric: Optional[str] = typer.Option(None, "--task-metric", help="User task metric: per, cer, wer or "
+                                              "accuracy (default: accuracy; CTC: per for phones, else cer)."),
+    list_: bool = typer.Option(False, "--list", help="List the registered tasks and exit."),
+) -> None:
+    """SUPERB-style probing: the encoder is frozen, a learnable softmax-weighted sum of all its hidden
+    states feeds a head trained from scratch per task (cached features; dev picks the checkpoint; test
+    metric reported), then prints raw metrics and the SUPERB score and writes summary.md and
+    layer_weights.png."""
+    if list_:
+        typer.echo(list_tasks())
+        return
+    if not model or out is None:
+        typer.echo("error: --model and --out are required (or use --list)", err=True)
+        raise typer.Exit(2)
+    with user_errors():
+        from ..probe import default_tasks, run_probe, write_reports
+        from ..tasks import get_task, user_task
+
+        if seeds < 1:
+            raise ValueError("--seeds must be at least 1")
+        names = split_csv(tasks)
+        task_list: list = [get_task(n) for n in names]
+        if task_manifests:
+            paths = split_csv(task_manifests)
+            if len(paths) != 3:
+                raise ValueError(f"--task-manifests needs train,dev,test (3 paths), got {len(paths)}")
+            task_list.append(user_task(task_name, tuple(paths), task_type, target_field, metric=task_metric))
+        if not task_list:
+            task_list = [get_task(n) for n in default_tasks(str(fsdd) if fsdd else None)]
+        refs = [m for item in model for m in split_csv(item)]
+        for ref in refs:
+            run_probe(ref, task_list, out, seeds=tuple(range(seeds)), size="quick" if quick else "default",
+                      fsdd_root=str(fsdd) if fsdd else None, limit=limit or None, epochs=epochs,
+                      cache_dir=cache_dir, device=device, skip_bad=skip_bad)
+        rep = write_reports(out)
+    typer.echo(rep["table"])
+    typer.echo(f"\nresults: {out / 'results.jsonl'}\nsummary: {rep['summary']}"
+               + (f"\nlayer weights: {rep['plot']}" if rep["plot"] else ""))

@@ -165,6 +165,7 @@ class SynthJob:
     noise: float = 0.0
     noise_seed: int = 0
     silence_s: float = 1.0
+    max_seconds: Optional[float] = None  # crop longer audio (unlabelled pre-training data only)
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,8 @@ def render(job: SynthJob) -> SynthResult:
         wav, ph = synthesize_array(job.text, job.voice, job.speed, job.pitch, phones=job.phones)
         if job.phones and not ph:
             raise EspeakError(f"espeak-ng returned no phones for {job.text!r} (voice {job.voice!r})")
+    if job.max_seconds is not None:
+        wav = wav[: int(job.max_seconds * TARGET_SR)]
     if job.noise > 0:
         wav = wav + rng.normal(0.0, job.noise, size=wav.shape).astype(np.float32)
     write_audio(job.out_wav, np.clip(wav, -1.0, 1.0), TARGET_SR)

@@ -102,10 +102,10 @@ def prepare(root, out_dir, lexicon=None, train_subsets: Sequence[str] | str = DE
             dev_subsets: Sequence[str] | str = DEFAULT_SUBSETS["dev"],
             test_subsets: Sequence[str] | str = DEFAULT_SUBSETS["test"]) -> dict[str, dict[str, Path]]:
     """Write ``asr`` (and with ``lexicon``, ``pr``) manifests; returns ``{subset: {split: path}}``."""
-    root = find_nested_root(check_root(root, CORPUS, LAYOUT), "dev-clean", ("LibriSpeech",))
-    out_dir = Path(out_dir)
     chosen = {"train": as_list(train_subsets, "train_subsets"), "dev": as_list(dev_subsets, "dev_subsets"),
               "test": as_list(test_subsets, "test_subsets")}
+    root = find_nested_root(check_root(root, CORPUS, LAYOUT), chosen["dev"][0], ("LibriSpeech",))
+    out_dir = Path(out_dir)
     for split in SPLITS:  # check the whole layout before the long scans
         for subset in chosen[split]:
             require_dir(root, subset, CORPUS, LAYOUT)

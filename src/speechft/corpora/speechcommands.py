@@ -22,7 +22,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import soundfile as sf
 
 from ..data.audio import TARGET_SR, resample, to_mono
@@ -95,8 +94,8 @@ def silence_clips(noise_dir: Path, out_dir: Path, hop: float, with_test: bool) -
         n_test = (max(1, n // 10) if n >= 3 else 0) if with_test else 0
         for i, start in enumerate(starts):
             split = "dev" if i >= n - n_dev else "test" if i >= n - n_dev - n_test else "train"
-            clip_id = f"{SILENCE}/{noise.stem}_{i:04d}"
-            path = out_dir / SUBSET / "silence" / f"{noise.stem}_{i:04d}.wav"
+            name = f"{noise.stem}_{start:09d}"  # start sample: clips of another hop get other names
+            clip_id, path = f"{SILENCE}/{name}", out_dir / SUBSET / "silence" / f"{name}.wav"
             if not has_frames(path, TARGET_SR):
                 write_wav_atomic(path, wav[start:start + TARGET_SR], TARGET_SR)
             splits[split].append(Utterance(id=clip_id, audio=str(path), label=SILENCE,
@@ -128,7 +127,12 @@ def prepare(root, out_dir, test_root: Optional[str] = None, silence_hop: float =
     out_dir = Path(out_dir)
     hint = f"it ships with Speech Commands v0.01; expected layout {LAYOUT}"
     val = read_list(require_file(root / "validation_list.txt", CORPUS, "split file", hint))
-    test = read_list(require_file(root / "testing_list.txt", CORPUS, "split file", hint))
+    test_rows = scan_test_root(test_root) if test_root is not None else None
+    if test_rows is None or (root / "testing_list.txt").exists():
+        # with the separate test set its files still stay out of train (as SUPERB's split does)
+        test = read_list(require_file(root / "testing_list.txt", CORPUS, "split file", hint))
+    else:
+        test = set()
     noise_dir = require_dir(root, NOISE_DIR, CORPUS, LAYOUT)
 
     files = scan_words(root)
@@ -141,8 +145,8 @@ def prepare(root, out_dir, test_root: Optional[str] = None, silence_hop: float =
     for key, path in files.items():
         split = "dev" if key in val else "test" if key in test else "train"
         splits[split].append(_row(key, path, class_of(key.split("/", 1)[0])))
-    if test_root is not None:
-        splits["test"] = scan_test_root(test_root)
+    if test_rows is not None:
+        splits["test"] = test_rows
         log.info("%s: test = the separate v0.01 test set (SUPERB); testing_list.txt files are unused", CORPUS)
     else:
         log.info("%s: no test_root given; test = testing_list.txt (SUPERB uses speech_commands_test_set_v0.01)", CORPUS)

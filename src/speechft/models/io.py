@@ -28,6 +28,8 @@ TINY_RANDOM_NAME = "speechft-tiny-random"
 FBANK_NAME = "fbank"
 BUILTIN_NAMES = (TINY_NAME, TINY_RANDOM_NAME, FBANK_NAME)
 CARD_FILE = "speechft_card.json"
+# mask_time_prob written to saved configs of models that own masked_spec_embed (hub HuBERT's value)
+SAVED_MASK_TIME_PROB = 0.05
 
 
 def tiny_config(**overrides):
@@ -102,6 +104,9 @@ def load_encoder(ref: Optional[str] = None, freeze_feature_extractor: bool = Fal
                 "use 'speechft convert' for fairseq/s3prl/Speech-FT checkpoints"
             )
         src = str(path) if path.exists() else ref
+        if path.exists():
+            for st in sorted(path.glob("*.safetensors")):
+                check_safetensors(st)  # a damaged file is reported, never half-loaded
         from transformers import AutoModel
 
         try:
@@ -137,6 +142,55 @@ def render_card(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_model_keeping_mask_embed(model, out_dir: Path) -> None:
+    """``save_pretrained``, but a model that owns ``masked_spec_embed`` is saved with a config that
+    recreates it: transformers only builds that tensor when ``mask_time_prob`` or ``mask_feature_prob``
+    is > 0, and HFEncoder zeroes both for inference, so the reloaded model would silently drop it."""
+    cfg = model.config
+    if getattr(model, "masked_spec_embed", None) is not None and not (
+        getattr(cfg, "mask_time_prob", 0.0) > 0 or getattr(cfg, "mask_feature_prob", 0.0) > 0
+    ):
+        import copy
+
+        saved = copy.deepcopy(cfg)
+        saved.mask_time_prob = SAVED_MASK_TIME_PROB
+        model.config = saved
+        try:
+            model.save_pretrained(out_dir, safe_serialization=True)
+        finally:
+            model.config = cfg
+        return
+    model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Raise ValueError when a ``.safetensors`` file is truncated or its header is inconsistent, so a
+    damaged file is reported instead of half-loaded (the format's header gives the exact file size)."""
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise ValueError(f"header claims {n} bytes but the file has {size - 8} after the length")
+            header = json.loads(f.read(n).decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"truncated or corrupt checkpoint file {path}: {e}") from None
+    if 8 + n + end != size:
+        raise ValueError(
+            f"truncated or corrupt checkpoint file {path}: its header describes {8 + n + end} bytes, "
+            f"the file has {size}"
+        )
+
+
 def save_encoder(encoder: SpeechEncoder, out_dir: str | Path, card: Optional[dict] = None) -> Path:
     """Write an HF-loadable directory atomically: config.json, model.safetensors,
     preprocessor_config.json, README.md (model card) and speechft_card.json."""
@@ -150,7 +204,7 @@ def save_encoder(encoder: SpeechEncoder, out_dir: str | Path, card: Optional[dic
     card.setdefault("architecture", type(encoder.model).__name__)
     card.setdefault("parameters", sum(p.numel() for p in encoder.model.parameters()))
     with atomic_dir(out_dir) as tmp:
-        encoder.model.save_pretrained(tmp, safe_serialization=True)
+        _save_model_keeping_mask_embed(encoder.model, tmp)
         Wav2Vec2FeatureExtractor(
             feature_size=1,
             sampling_rate=16000,

@@ -1,0 +1,240 @@
+"""Merge a pre-trained encoder with one or more fine-tuned ones, streaming, into HF directories.
+
+    merge_models("speechft-tiny", ["ft-pr/"], "merged/", alpha=0.25)          # Speech-FT
+    merge_alphas(m0, [m1], [0, 0.25, 0.5], ["a0/", "a25/", "a50/"])           # one pass, several α
+
+Inputs are read one tensor at a time and the output is written with a header-first streaming writer,
+so the peak memory is a few tensors, whatever the model size or number of inputs. Everything is
+checked (options, architectures, key sets, shapes, output location) before any output exists; outputs
+appear atomically (temporary directory + rename).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..utils.io import atomic_dir, check_writable
+from .keys import KeyPlan, check_architectures, plan_keys
+from .methods import MergeMethod, MergeParams, check_params, describe, get_method
+from .stream import SINGLE_FILE, ST_DTYPES, TORCH_TO_ST, SafetensorsDir, StreamingSafetensorsWriter, TensorSpec
+
+log = logging.getLogger(__name__)
+
+OUTPUT_DTYPES = {"source": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COPIED_FILES = ("preprocessor_config.json",)
+
+
+def resolve_model_dir(ref: str) -> Path:
+    """A model reference -> a local HF directory (see :func:`speechft.models.io.load_encoder`)."""
+    from ..models.io import FBANK_NAME, TINY_NAME, TINY_RANDOM_NAME, is_hf_dir
+    from ..paths import ASSETS_DIR, data_home
+
+    if ref == FBANK_NAME:
+        raise ValueError("'fbank' is a feature baseline without weights; it cannot be merged")
+    if ref == TINY_NAME:
+        path = ASSETS_DIR / TINY_NAME
+        if not is_hf_dir(path):
+            raise FileNotFoundError(f"the shipped model is missing from {path}; reinstall speechft")
+        return path
+    if ref == TINY_RANDOM_NAME:  # built in memory by load_encoder: materialise it once
+        path = data_home() / "models" / TINY_RANDOM_NAME
+        if not is_hf_dir(path):
+            from ..models.io import load_encoder, save_encoder
+
+            save_encoder(load_encoder(TINY_RANDOM_NAME), path, card={"name": TINY_RANDOM_NAME})
+        return path
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not is_hf_dir(path):
+            raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
+        return path
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(ref, allow_patterns=["*.json", "*.safetensors"]))
+        except Exception as e:  # offline, unknown id, ...
+            raise FileNotFoundError(f"cannot fetch model {ref!r} from the hub: {e}") from None
+    raise FileNotFoundError(f"model {ref!r}: no such directory")
+
+
+def open_sources(pretrained: str, finetuned: Sequence[str]) -> list[SafetensorsDir]:
+    """Resolve and open θ₀ and every θ′ (headers and configs only), checking their architectures."""
+    if not finetuned:
+        raise ValueError("merging needs at least one fine-tuned model (--finetuned)")
+    sources = [SafetensorsDir(resolve_model_dir(r), name=r) for r in [pretrained, *finetuned]]
+    check_architectures([(s.name, s.config) for s in sources])
+    return sources
+
+
+def tensor_seed(seed: int, key: str) -> int:
+    """A per-parameter seed, independent of the order tensors are visited in."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def merge_tensor(method: MergeMethod, params: MergeParams, key: str, base: torch.Tensor,
+                 tuned: Sequence[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+    """One merged parameter in ``out_dtype`` (``key`` is the canonical name; it seeds random methods)."""
+    gen = None
+    if method.random:
+        gen = torch.Generator().manual_seed(tensor_seed(params.seed, key))
+    return method.fn(base, tuned, params, gen).to(out_dtype)
+
+
+def output_specs(plan: KeyPlan, dtype: Optional[torch.dtype]) -> list[TensorSpec]:
+    """θ₀'s layout, with floating tensors converted to ``dtype`` when one is asked for."""
+    if dtype is None:
+        return list(plan.out_specs)
+    name = TORCH_TO_ST[dtype]
+    return [TensorSpec(s.key, name, s.shape) if s.is_float else s for s in plan.out_specs]
+
+
+def build_card(name: str, method: MergeMethod, params: MergeParams, sources: Sequence, plan: KeyPlan,
+               dtype: str, extra: Optional[dict] = None) -> dict:
+    def src(s) -> dict:
+        return {"ref": s.name, "path": str(s.dir) if s.dir else None}
+
+    card = {
+        "name": name,
+        "kind": "merged",
+        "method": method.name,
+        "formula": method.formula,
+        **describe(method, params),
+        "pretrained": src(sources[0]),
+        "finetuned": [src(s) for s in sources[1:]],
+        "merged_tensors": len(plan.merged),
+        "kept_from_pretrained": plan.kept,
+        "dropped": plan.dropped,
+        "dtype": dtype,
+        "speechft_version": __version__,
+    }
+    card.update(extra or {})
+    card["notes"] = card_notes(method, params, plan)
+    return card
+
+
+def card_notes(method: MergeMethod, params: MergeParams, plan: KeyPlan) -> str:
+    """A sentence or two for the README: what was merged, what kept θ₀'s values, what was dropped."""
+    opts = ", ".join(f"{k}={v}" for k, v in describe(method, params).items() if v is not None)
+    lines = [f"Merged {len(plan.merged)} encoder tensors with `{method.name}` ({opts}): {method.formula}."]
+    if plan.kept:
+        lines.append("Kept θ₀'s values: " + ", ".join(f"`{k}` ({r})" for k, r in sorted(plan.kept.items())) + ".")
+    if plan.dropped:
+        lines.append("Dropped: " + ", ".join(f"`{k}` ({r})" for k, r in sorted(plan.dropped.items())) + ".")
+    if not plan.kept and not plan.dropped:
+        lines.append("Every tensor of the pre-trained model was merged; nothing was kept or dropped.")
+    return "\n\n".join(lines)
+
+
+def write_model_files(tmp: Path, sources: Sequence, dtype: Optional[torch.dtype], card: dict) -> None:
+    """config.json (+ preprocessor config) from θ₀, the model card; the weights are written separately."""
+    from ..models.io import CARD_FILE, render_card
+
+    config = dict(sources[0].config)
+    if dtype is not None:  # transformers >= 4.56 reads "dtype", older versions "torch_dtype"
+        config["dtype"] = str(dtype).replace("torch.", "")
+        if "torch_dtype" in config:
+            config["torch_dtype"] = config["dtype"]
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if sources[0].dir is not None:
+        for fname in COPIED_FILES:
+            if (sources[0].dir / fname).exists():
+                shutil.copyfile(sources[0].dir / fname, tmp / fname)
+    (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    (tmp / "README.md").write_text(render_card(card))
+
+
+def check_outputs(out_dirs: Sequence[Path], sources: Sequence, overwrite: bool, nbytes: int) -> None:
+    if len({Path(d).resolve() for d in out_dirs}) != len(out_dirs):
+        raise ValueError("the same output directory was given twice")
+    inputs = {s.dir.resolve() for s in sources if s.dir is not None}
+    for d in out_dirs:
+        d = Path(d)
+        if d.resolve() in inputs:
+            raise ValueError(f"output directory {d} is one of the input models; choose another --out")
+        if d.exists() and not overwrite:
+            raise FileExistsError(f"output directory {d} already exists; pass --overwrite to replace it")
+        if d.exists() and not d.is_dir():
+            raise FileExistsError(f"output path {d} exists and is not a directory")
+        check_writable(d, min_free_bytes=nbytes + 16 * 2**20)
+
+
+def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_list: Sequence[MergeParams],
+                 out_dirs: Sequence[Path], cards: Sequence[dict], dtype: Optional[torch.dtype] = None,
+                 progress: bool = True) -> list[Path]:
+    """Write one merged model per (params, out_dir), reading each input tensor once for all of them."""
+    specs = output_specs(plan, dtype)
+    metadata = {"format": "pt"}
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_dir(Path(d), overwrite=True)) for d in out_dirs]
+        writers = [stack.enter_context(StreamingSafetensorsWriter(t / SINGLE_FILE, specs, metadata)) for t in tmps]
+        bar = tqdm(specs, desc=f"merge ({method.name})", unit="tensor", disable=not progress, leave=False)
+        for spec in bar:
+            key = plan.canonical[spec.key]
+            base = sources[0].get(spec.key)
+            out_dtype = ST_DTYPES[spec.dtype]
+            if key in plan.merged:
+                tuned = [s.get(m[key]) for s, m in zip(sources[1:], plan.maps[1:])]
+                for params, w in zip(params_list, writers):
+                    w.write(spec.key, merge_tensor(method, params, key, base, tuned, out_dtype))
+                del tuned
+            else:
+                kept = base.to(out_dtype) if spec.is_float else base
+                for w in writers:
+                    w.write(spec.key, kept)
+            del base
+        for tmp, card in zip(tmps, cards):
+            write_model_files(tmp, sources, dtype, card)
+    return [Path(d) for d in out_dirs]
+
+
+def _prepare(pretrained, finetuned, method, params: MergeParams, excluded: str, dtype: str):
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
+    m = get_method(method)
+    check_params(m, params, len(finetuned))
+    sources = open_sources(pretrained, finetuned)
+    plan = plan_keys(sources, excluded=excluded)
+    return m, sources, plan
+
+
+def merge_models(pretrained: str, finetuned: Sequence[str], out_dir: str | Path, *, method: str = "linear",
+                 alpha: float = 0.25, weights: Optional[Sequence[float]] = None, density: float = 0.5,
+                 seed: int = 0, majority_sign: str = "total", dtype: str = "source", excluded: str = "keep",
+                 overwrite: bool = False, card_extra: Optional[dict] = None, progress: bool = True) -> Path:
+    """Merge θ₀ (``pretrained``) with θ′₁…θ′ₙ into ``out_dir`` (an HF dir); see docs/merge.md."""
+    return merge_alphas(pretrained, finetuned, [alpha], [out_dir], method=method, weights=weights, density=density,
+                        seed=seed, majority_sign=majority_sign, dtype=dtype, excluded=excluded, overwrite=overwrite,
+                        card_extra=card_extra, progress=progress)[0]
+
+
+def merge_alphas(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float], out_dirs: Sequence[str | Path],
+                 *, method: str = "linear", weights: Optional[Sequence[float]] = None, density: float = 0.5,
+                 seed: int = 0, majority_sign: str = "total", dtype: str = "source", excluded: str = "keep",
+                 overwrite: bool = False, card_extra: Optional[dict] = None, progress: bool = True) -> list[Path]:
+    """Several α in one pass over the inputs: ``out_dirs[i]`` gets α = ``alphas[i]``."""
+    if len(alphas) != len(out_dirs) or not alphas:
+        raise ValueError(f"{len(alphas)} alphas but {len(out_dirs)} output directories")
+    finetuned = list(finetuned)
+    w = tuple(float(x) for x in weights) if weights is not None else None
+    params_list = [MergeParams(alpha=float(a), weights=w, density=density, seed=seed, majority_sign=majority_sign)
+                   for a in alphas]
+    m, sources, plan = _prepare(pretrained, finetuned, method, params_list[0], excluded, dtype)
+    for p in params_list[1:]:
+        check_params(m, p, len(finetuned))
+    out_dirs = [Path(d) for d in out_dirs]
+    torch_dtype = OUTPUT_DTYPES[dtype]
+    check_outputs(out_dirs, sources, overwrite, sum(s.nbytes for s in output_specs(plan, torch_dtype)))
+    cards = [build_card(d.name, m, p, sources, plan, dtype, card_extra) for d, p in zip(out_dirs, params_list)]
+    log.info("merging %s with %d fine-tuned model(s) by %s: %d tensors merged, %d kept from θ₀, %d dropped",
+             pretrained, len(finetuned), m.name, len(plan.merged), len(plan.kept), len(plan.dropped))
+    return stream_merge(sources, plan, m, params_list, out_dirs, cards, torch_dtype, progress)

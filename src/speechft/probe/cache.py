@@ -1,0 +1,269 @@
+"""On-disk cache of frozen-encoder features: every layer of every utterance, float16, sharded.
+
+The frozen encoder runs once per utterance; every probe epoch then reads the cache. Layout of one
+split (``data_home()/features/<model key>/<corpus-subset-split>/`` by default)::
+
+    shard-<tag>.npy         float16 [N_frames, L+1, F]  frames of consecutive utterances, back to back
+    shard-<tag>.pooled.npy  float32 [N_utts, L+1, F]    per-layer mean over each utterance's frames
+    shard-<tag>.json        index: one entry per utterance {id, key, offset, frames, row}
+
+The JSON sidecar is written last (atomically), so a shard is visible only once complete and an
+interrupted extraction resumes where it stopped. An utterance's cache key combines its audio path and
+the encoder version (:func:`encoder_version`); the model's weight fingerprint is the folder above.
+Reads are memory-mapped: at most one batch of frames is in RAM at a time.
+
+The pooled vectors are computed from the *stored float16 frames*, upcast to float32, so a pooled
+classifier reading them gives the same result as pooling the cached frames itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data.manifest import Utterance
+from ..utils.io import atomic_write_json, check_writable
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when extraction or the storage layout changes
+WARN_BYTES = 2 * 2**30  # warn before an extraction that writes more than this
+SHARD_BYTES = 128 * 2**20  # start a new shard file after this many bytes of frames
+SHARD_UTTS = 2048
+
+
+def encoder_version(encoder) -> str:
+    """What besides the weights changes the features: the cache layout and input normalisation.
+    (The weight fingerprint, which names the folder above, already covers the encoder class.)"""
+    return f"v{CACHE_VERSION}:norm={int(bool(getattr(encoder, 'normalize_input', False)))}"
+
+
+def model_key(encoder) -> str:
+    """Folder name of one model's features: its weight fingerprint."""
+    return encoder.fingerprint()
+
+
+def utterance_key(row: Utterance, version: str) -> str:
+    return hashlib.sha1(f"{version}|{row.audio}".encode()).hexdigest()[:16]
+
+
+def estimate_bytes(seconds: float, encoder) -> int:
+    states = encoder.num_layers + 1
+    return int(seconds * encoder.frame_rate * states * encoder.hidden_size * 2)
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FeatureCache:
+    """Read side of one split's cache: ``frames(ids)`` and ``pooled(ids)`` by utterance id.
+
+    ``frames(ids)`` -> list of float16 ndarray ``[T_i, L+1, F]`` (copies of memory-mapped slices)
+    ``pooled(ids)`` -> float32 ndarray ``[B, L+1, F]``
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.entries: dict[str, dict] = {}  # id -> {"key", "shard", "offset", "frames", "row"}
+        self._frames: dict[str, np.ndarray] = {}
+        self._pooled: dict[str, np.ndarray] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        self.entries.clear()
+        if not self.folder.is_dir():
+            return
+        # Sidecars in write order, so a re-extracted utterance (new key) overrides its stale entry.
+        for side in sorted(self.folder.glob("shard-*.json"), key=lambda p: (p.stat().st_mtime_ns, p.name)):
+            try:
+                meta = json.loads(side.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                log.warning("ignoring unreadable cache index %s (%s); its utterances will be re-extracted", side, e)
+                continue
+            shard = side.name[: -len(".json")]
+            if not (self.folder / f"{shard}.npy").exists():
+                log.warning("cache index %s has no data file; its utterances will be re-extracted", side)
+                continue
+            for e in meta["utts"]:
+                self.entries[e["id"]] = {**e, "shard": shard}
+
+    def has(self, row: Utterance, version: str) -> bool:
+        e = self.entries.get(row.id)
+        return e is not None and e["key"] == utterance_key(row, version)
+
+    def num_frames(self, uid: str) -> int:
+        return int(self.entries[uid]["frames"])
+
+    def _map(self, store: dict, shard: str, suffix: str) -> np.ndarray:
+        if shard not in store:
+            store[shard] = np.load(self.folder / f"{shard}{suffix}", mmap_mode="r")
+        return store[shard]
+
+    def frames(self, ids: Sequence[str]) -> list[np.ndarray]:
+        out = []
+        for uid in ids:
+            e = self._entry(uid)
+            arr = self._map(self._frames, e["shard"], ".npy")
+            out.append(np.array(arr[e["offset"]: e["offset"] + e["frames"]]))
+        return out
+
+    def pooled(self, ids: Sequence[str]) -> np.ndarray:
+        rows = []
+        for uid in ids:
+            e = self._entry(uid)
+            rows.append(self._map(self._pooled, e["shard"], ".pooled.npy")[e["row"]])
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def _entry(self, uid: str) -> dict:
+        try:
+            return self.entries[uid]
+        except KeyError:
+            raise KeyError(f"utterance {uid!r} is not in the feature cache {self.folder}") from None
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.glob("shard-*") if p.is_file())
+
+
+class _ShardWriter:
+    """Accumulates extracted utterances and writes them as one shard (data first, index last)."""
+
+    def __init__(self, folder: Path, shard_bytes: int = SHARD_BYTES, shard_utts: int = SHARD_UTTS):
+        self.folder, self.shard_bytes, self.shard_utts = folder, shard_bytes, shard_utts
+        self.items: list[tuple[str, str, np.ndarray]] = []
+        self.nbytes = 0
+        self.written = 0
+
+    def add(self, uid: str, key: str, frames: np.ndarray) -> None:
+        self.items.append((uid, key, frames))
+        self.nbytes += frames.nbytes
+        if self.nbytes >= self.shard_bytes or len(self.items) >= self.shard_utts:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        tag = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        data = np.concatenate([f for _, _, f in self.items], axis=0)
+        # Pool from the stored float16 values so pooled == mean of the cached frames.
+        pooled = np.stack([f.astype(np.float32).mean(axis=0) for _, _, f in self.items])
+        entries, off = [], 0
+        for i, (uid, key, f) in enumerate(self.items):
+            entries.append({"id": uid, "key": key, "offset": off, "frames": int(f.shape[0]), "row": i})
+            off += f.shape[0]
+        _atomic_save_npy(self.folder / f"shard-{tag}.npy", data)
+        _atomic_save_npy(self.folder / f"shard-{tag}.pooled.npy", pooled)
+        atomic_write_json(self.folder / f"shard-{tag}.json", {"cache_version": CACHE_VERSION, "utts": entries}, indent=None)
+        self.written += len(self.items)
+        self.items, self.nbytes = [], 0
+
+
+def length_sorted_batches(durations: Sequence[float], batch_seconds: float) -> list[list[int]]:
+    """Indices sorted by duration, cut into batches whose padded length stays within ``batch_seconds``
+    (a single longer utterance still forms its own batch)."""
+    order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
+    batches, cur, longest = [], [], 0.0
+    for i in order:
+        d = max(float(durations[i]), 1e-3)
+        if cur and max(longest, d) * (len(cur) + 1) > batch_seconds:
+            batches.append(cur)
+            cur, longest = [], 0.0
+        cur.append(i)
+        longest = max(longest, d)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def ensure_features(
+    encoder,
+    rows: Sequence[Utterance],
+    folder: str | Path,
+    batch_seconds: float = 64.0,
+    device: str = "cpu",
+    desc: str = "extract",
+    progress: bool = True,
+) -> FeatureCache:
+    """Extract the features of every row not yet cached in ``folder`` and return the cache.
+
+    The encoder runs in eval mode under ``torch.inference_mode`` on length-sorted batches; each
+    utterance keeps exactly its ``frame_lens[b]`` real frames.
+    """
+    from tqdm.auto import tqdm
+
+    from ..data.dataset import AudioDataset, collate
+
+    folder = Path(folder)
+    cache = FeatureCache(folder)
+    version = encoder_version(encoder)
+    todo = [r for r in rows if not cache.has(r, version)]
+    if not todo:
+        return cache
+    check_writable(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = AudioDataset(todo)
+    durs = ds.durations()
+    est = estimate_bytes(sum(durs), encoder)
+    msg = "feature cache: extracting %d utterances (%.1f min of audio) into %s, about %.1f MiB on disk"
+    args = (len(todo), sum(durs) / 60, folder, est / 2**20)
+    (log.warning if est > WARN_BYTES else log.info)(msg, *args)
+    writer = _ShardWriter(folder)
+    was_training = encoder.training
+    encoder.eval()
+    t0 = time.perf_counter()
+    try:
+        bar = tqdm(total=len(todo), desc=desc, unit="utt", disable=not progress, leave=False)
+        with torch.inference_mode():
+            for idx in length_sorted_batches(durs, batch_seconds):
+                batch = collate([ds[i] for i in idx])
+                states, frame_lens = encoder(batch["wav"].to(device), batch["wav_lens"].to(device))
+                # [L+1, B, T, F] -> [B, T, L+1, F]: one utterance's frames are then contiguous on disk.
+                stacked = torch.stack([s.float() for s in states], 0).permute(1, 2, 0, 3).to("cpu", torch.float16)
+                T = stacked.shape[1]
+                for b, i in enumerate(idx):
+                    n = max(1, min(int(frame_lens[b]), T))
+                    writer.add(todo[i].id, utterance_key(todo[i], version), stacked[b, :n].numpy().copy())
+                bar.update(len(idx))
+        writer.flush()
+        bar.close()
+    finally:
+        encoder.train(was_training)
+    log.info("feature cache: %d utterances extracted in %.1f s", writer.written, time.perf_counter() - t0)
+    cache.reload()
+    return cache
+
+
+def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[str | Path] = None) -> Path:
+    """``<cache_dir or data_home()/features>/<model key>/<corpus-subset-split>``.
+
+    Tasks on the same audio (fsdd-ks and fsdd-sid) share one folder; user tasks get a folder per
+    manifest (its path hashed into the name).
+    """
+    from ..paths import data_home
+
+    root = Path(cache_dir).expanduser() if cache_dir else data_home() / "features"
+    if task.manifests is not None:
+        digest = hashlib.sha1(str(task.manifests[("train", "dev", "test").index(split)]).encode()).hexdigest()[:8]
+        name = f"user-{task.name}-{digest}-{split}"
+    else:
+        corpus = task.corpus if size == "default" or task.corpus != "lite" else f"{task.corpus}_{size}"
+        name = f"{corpus}-{task.subset or task.name}-{split}"
+    return root / model / name

@@ -1,0 +1,251 @@
+"""Train one downstream head on frozen features and report the dev-selected test metric.
+
+Feature sources give the head what it would get from the frozen encoder:
+
+    source.inputs(idx, pooled) -> (states, frame_lens)
+        states      list of L+1 FloatTensor [B, T, F]   (T = longest utterance of the batch)
+                    or, for ``pooled=True`` on a cached source, list of L+1 FloatTensor [B, 1, F]
+                    holding each utterance's per-layer mean (frame_lens then all ones)
+        frame_lens  LongTensor [B]
+
+Mean pooling is linear, so ``head(pooled states, ones)`` equals ``head(frames, frame_lens)`` for the
+pooled heads (weighted layer sum, then mean over frames, then linear): the cached source serves
+pooled vectors to classification heads and every epoch costs microseconds. :class:`OnlineSource`
+runs the frozen encoder at every step instead (the s3prl way); the benchmark compares the two.
+
+Training: Adam, loss summed over the batch and divided by its number of units (tokens for CTC,
+utterances otherwise), gradient-norm clip, the dev metric after every epoch picks the checkpoint,
+the test metric of that checkpoint is reported.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..metrics import accuracy, error_rate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """How a head is trained (what is trained is the task's business)."""
+
+    epochs: int
+    lr: float
+    batch_seconds: float = 60.0  # frame-level heads: padded seconds of audio per batch
+    batch_size: int = 32  # pooled heads: utterances per batch
+    grad_clip: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Per head type. Epochs are sized so the default suite on speechft-tiny stays within ~10 min on
+# 2 CPU cores (see docs/probe.md for measured times); quick mode divides them by QUICK_DIVISOR.
+HEAD_DEFAULTS = {
+    "pool_linear": ProbeConfig(epochs=40, lr=1e-3, batch_size=32),
+    "slots_linear": ProbeConfig(epochs=40, lr=1e-3, batch_size=32),
+    "linear_ctc": ProbeConfig(epochs=20, lr=2e-3, batch_seconds=60.0),
+    "bilstm_ctc": ProbeConfig(epochs=15, lr=5e-4, batch_seconds=60.0),
+}
+QUICK_DIVISOR = 4
+
+
+def default_config(task, quick: bool = False, epochs: Optional[int] = None, **overrides) -> ProbeConfig:
+    base = HEAD_DEFAULTS.get(task.head)
+    if base is None:
+        raise KeyError(f"task {task.name}: no training defaults for head {task.head!r}; known: {', '.join(HEAD_DEFAULTS)}")
+    kw = base.to_dict()
+    if quick:
+        kw["epochs"] = max(3, base.epochs // QUICK_DIVISOR)
+    if epochs is not None:
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, not {epochs}")
+        kw["epochs"] = int(epochs)
+    unknown = set(overrides) - set(kw)
+    if unknown:
+        raise TypeError(f"unknown probe training option(s) {sorted(unknown)}; known: {sorted(kw)}")
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return ProbeConfig(**kw)
+
+
+def uses_pooled(task) -> bool:
+    return task.kind in ("classify", "slots")
+
+
+# -- feature sources ---------------------------------------------------------------------------
+class CachedSource:
+    """Features of one split read from a :class:`~speechft.probe.cache.FeatureCache`."""
+
+    def __init__(self, cache, ids: Sequence[str]):
+        self.cache = cache
+        self.ids = list(ids)
+        self.lengths = [cache.num_frames(u) for u in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def inputs(self, idx: Sequence[int], pooled: bool):
+        ids = [self.ids[i] for i in idx]
+        if pooled:
+            p = torch.from_numpy(self.cache.pooled(ids))  # [B, L+1, F]
+            return list(p[:, :, None, :].unbind(1)), torch.ones(len(ids), dtype=torch.long)
+        frames = self.cache.frames(ids)  # list of [T_i, L+1, F] float16
+        T = max(f.shape[0] for f in frames)
+        buf = np.zeros((len(frames), T) + frames[0].shape[1:], dtype=np.float32)
+        for b, f in enumerate(frames):
+            buf[b, : f.shape[0]] = f
+        x = torch.from_numpy(buf).permute(2, 0, 1, 3)  # [L+1, B, T, F]
+        return list(x.unbind(0)), torch.tensor([f.shape[0] for f in frames], dtype=torch.long)
+
+
+class OnlineSource:
+    """Runs the frozen encoder on the audio of every batch (no cache): the s3prl way."""
+
+    def __init__(self, encoder, rows, device: str = "cpu"):
+        from ..data.dataset import AudioDataset
+
+        self.encoder, self.device = encoder.eval(), device
+        self.ds = AudioDataset(rows)
+        self.ids = [r.id for r in rows]
+        self.lengths = [d * encoder.frame_rate for d in self.ds.durations()]
+        self.forwards = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def inputs(self, idx: Sequence[int], pooled: bool):
+        from ..data.dataset import collate
+
+        batch = collate([self.ds[i] for i in idx])
+        with torch.inference_mode():
+            states, frame_lens = self.encoder(batch["wav"].to(self.device), batch["wav_lens"].to(self.device))
+        self.forwards += 1
+        T = states[0].shape[1]
+        return [s.float().cpu().clone() for s in states], frame_lens.clamp(min=1, max=T).cpu()
+
+
+# -- batching ----------------------------------------------------------------------------------
+def frame_batches(lengths: Sequence[float], max_frames: float, rng: Optional[np.random.Generator]) -> list[list[int]]:
+    """Length-bucketed batches with at most ``max_frames`` padded frames (one longer utterance alone).
+    With ``rng``: shuffled pools of similar lengths and shuffled batch order; without: length-sorted."""
+    n = len(lengths)
+    if rng is None:
+        order = sorted(range(n), key=lambda i: (lengths[i], i))
+        pools = [order]
+    else:
+        perm = rng.permutation(n).tolist()
+        size = 64  # sort within pools of 64 random utterances: little padding, still random batches
+        pools = [sorted(perm[i: i + size], key=lambda j: lengths[j]) for i in range(0, n, size)]
+    batches = []
+    for pool in pools:
+        cur, longest = [], 0.0
+        for i in pool:
+            L = max(float(lengths[i]), 1.0)
+            if cur and max(longest, L) * (len(cur) + 1) > max_frames:
+                batches.append(cur)
+                cur, longest = [], 0.0
+            cur.append(i)
+            longest = max(longest, L)
+        if cur:
+            batches.append(cur)
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def count_batches(n: int, batch_size: int, rng: Optional[np.random.Generator]) -> list[list[int]]:
+    order = rng.permutation(n).tolist() if rng is not None else list(range(n))
+    return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+
+
+# -- evaluation --------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(head, task, vocab, source, targets: Sequence, refs: Optional[Sequence[str]], cfg: ProbeConfig,
+             frame_rate: float, pooled: bool) -> float:
+    """The task metric of ``head`` on one split (error rate as a fraction, or accuracy)."""
+    head.eval()
+    if pooled:
+        batches = count_batches(len(source), max(cfg.batch_size, 128), None)
+    else:
+        batches = frame_batches(source.lengths, cfg.batch_seconds * frame_rate, None)
+    preds: list = [None] * len(source)
+    for idx in batches:
+        states, frame_lens = source.inputs(idx, pooled)
+        out = head.predict(head(states, frame_lens), frame_lens)
+        for i, p in zip(idx, out):
+            preds[i] = p
+    if task.kind == "ctc":
+        hyps = [vocab.decode_ctc(p, task) for p in preds]
+        return error_rate(task.metric, list(refs), hyps)
+    return accuracy(preds, list(targets))
+
+
+def _better(a: float, b: Optional[float], higher: bool) -> bool:
+    return b is None or (a > b if higher else a < b)
+
+
+def train_head(head, task, vocab, sources: dict, targets: dict, refs: dict, cfg: ProbeConfig, seed: int,
+               frame_rate: float, pooled: Optional[bool] = None, progress: bool = True, desc: str = "probe") -> dict:
+    """Train ``head`` on ``sources["train"]``; select on dev each epoch; return the test result.
+
+    ``targets[split]`` are the encoded targets per utterance (token-id lists, class indices, slot
+    index lists; -1 marks a dev/test label never seen in training, which can only count as wrong);
+    ``refs[split]`` are the reference strings of CTC tasks. Deterministic for a seed.
+    """
+    from tqdm.auto import tqdm
+
+    pooled = uses_pooled(task) and isinstance(sources["train"], CachedSource) if pooled is None else pooled
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    higher = task.higher_is_better
+    best, best_state, best_epoch, history = None, None, -1, []
+    train_src, train_tgt = sources["train"], targets["train"]
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        head.train()
+        if pooled or task.kind != "ctc":
+            batches = count_batches(len(train_src), cfg.batch_size, rng)
+        else:
+            batches = frame_batches(train_src.lengths, cfg.batch_seconds * frame_rate, rng)
+        total, units = 0.0, 0
+        for idx in batches:
+            states, frame_lens = train_src.inputs(idx, pooled)
+            tgt = [train_tgt[i] for i in idx]
+            logits = head(states, frame_lens)
+            n = max(1, head.num_units(tgt))
+            # Summed loss over the batch divided by its real units (tokens / utterances).
+            loss = head.loss(logits, frame_lens, tgt, reduction="sum") / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            opt.step()
+            total += float(loss) * n
+            units += n
+        dev = evaluate(head, task, vocab, sources["dev"], targets["dev"], refs.get("dev"), cfg, frame_rate, pooled)
+        history.append({"epoch": epoch + 1, "train_loss": total / max(units, 1), "dev": dev})
+        if _better(dev, best, higher):
+            best, best_epoch, best_state = dev, epoch + 1, copy.deepcopy(head.state_dict())
+        bar.set_postfix(loss=f"{total / max(units, 1):.3f}", dev=f"{dev:.4f}")
+    bar.close()
+    head.load_state_dict(best_state)
+    test = evaluate(head, task, vocab, sources["test"], targets["test"], refs.get("test"), cfg, frame_rate, pooled)
+    return {
+        "value": test,
+        "dev_value": best,
+        "best_epoch": best_epoch,
+        "layer_weights": head.layer_weights(),
+        "history": history,
+        "train_seconds": round(time.perf_counter() - t0, 3),
+        "pooled_features": bool(pooled),
+    }

@@ -1,0 +1,146 @@
+"""Feature cache: extraction once, zero encoder forwards on re-runs, pooled == pooled frames, resume."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_encoder
+from speechft.data.manifest import Utterance, read_manifest
+from speechft.models.encoder import SpeechEncoder
+from speechft.models.heads import build_head
+from speechft.probe import run_probe
+from speechft.probe import cache as fcache
+from speechft.probe.train import CachedSource, OnlineSource, default_config, train_head
+from speechft.tasks import user_task
+from speechft.vocab import Vocab
+from test_probe import make_tone_task
+
+
+class CountingEncoder(SpeechEncoder):
+    """Wraps an encoder and counts forwards and utterances seen (same weights, same cache)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.num_layers, self.hidden_size, self.frame_rate = inner.num_layers, inner.hidden_size, inner.frame_rate
+        self.normalize_input = getattr(inner, "normalize_input", False)
+        self.forwards = self.utterances = 0
+
+    def forward(self, wav, wav_lens=None):
+        self.forwards += 1
+        self.utterances += wav.shape[0]
+        return self.inner(wav, wav_lens)
+
+    def fingerprint(self):
+        return self.inner.fingerprint()
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    return make_tone_task(tmp_path_factory.mktemp("tones"))
+
+
+def test_second_run_performs_zero_encoder_forwards(tmp_path, tones):
+    enc = CountingEncoder(make_tiny_encoder())
+    first = run_probe(enc, [tones], tmp_path / "a", epochs=2, cache_dir=tmp_path / "cache", progress=False)
+    n_utts = sum(first[0]["num_utterances"].values())
+    assert enc.forwards > 0 and enc.utterances == n_utts  # every utterance encoded exactly once
+    enc.forwards = enc.utterances = 0
+    # a new output folder (nothing to resume) and two seeds: all features come from the cache
+    again = run_probe(enc, [tones], tmp_path / "b", seeds=(0, 1), epochs=2, cache_dir=tmp_path / "cache", progress=False)
+    assert enc.forwards == 0 and len(again) == 2
+    assert again[0]["value"] == first[0]["value"] and again[0]["layer_weights"] == first[0]["layer_weights"]
+
+
+def test_cache_layout_is_float16_sharded_and_keyed(tmp_path, tones):
+    enc = make_tiny_encoder()
+    rows = read_manifest(tones.manifests[0])
+    folder = fcache.split_folder(tones, "train", "default", fcache.model_key(enc), tmp_path)
+    assert folder.parent.name == enc.fingerprint() and folder.name.endswith("-train")
+    c = fcache.ensure_features(enc, rows, folder, progress=False)
+    shards = sorted(folder.glob("shard-*.npy"))
+    data = [np.load(p, mmap_mode="r") for p in shards if not p.name.endswith(".pooled.npy")]
+    assert data and all(d.dtype == np.float16 and d.shape[1:] == (enc.num_layers + 1, enc.hidden_size) for d in data)
+    assert sum(d.shape[0] for d in data) == sum(c.num_frames(r.id) for r in rows)
+    # the cached frames are the encoder's states, rounded to float16
+    wav = torch.from_numpy(__import__("speechft").data.load_audio(rows[0].audio))[None]
+    with torch.no_grad():
+        states, lens = enc(wav, torch.tensor([wav.shape[1]]))
+    ref = torch.stack([s[0, : int(lens[0])] for s in states], 1).numpy()  # [T, L+1, F]
+    np.testing.assert_allclose(c.frames([rows[0].id])[0].astype(np.float32), ref, atol=2e-2, rtol=1e-2)
+    # another model (other weights) gets another folder
+    other = make_tiny_encoder(seed=1)
+    assert fcache.split_folder(tones, "train", "default", fcache.model_key(other), tmp_path) != folder
+
+
+def test_pooled_vectors_equal_pooling_the_cached_frames(tmp_path, tones):
+    enc = make_tiny_encoder()
+    rows = read_manifest(tones.manifests[1])
+    c = fcache.ensure_features(enc, rows, tmp_path / "f", progress=False)
+    ids = [r.id for r in rows]
+    pooled = c.pooled(ids)
+    means = np.stack([f.astype(np.float32).mean(0) for f in c.frames(ids)])
+    np.testing.assert_allclose(pooled, means, rtol=0, atol=1e-6)
+    src = CachedSource(c, ids)
+    vocab = Vocab.build(tones, rows)
+    slots = user_task("slots", tones.manifests, "slots", "label")
+    for task, voc in [(tones, vocab), (slots, Vocab.build(slots, rows))]:
+        torch.manual_seed(0)
+        head = build_head(task, enc.hidden_size, enc.num_layers + 1, voc).eval()
+        with torch.no_grad():
+            torch.nn.init.normal_(head.mix.weights)  # non-uniform layer weights
+            a = head(*src.inputs(range(len(ids)), pooled=True))
+            b = head(*src.inputs(range(len(ids)), pooled=False))
+        for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_interrupted_extraction_resumes_and_changed_audio_is_reextracted(tmp_path, tones):
+    enc = CountingEncoder(make_tiny_encoder())
+    rows = read_manifest(tones.manifests[0])
+    folder = tmp_path / "f"
+    fcache.ensure_features(enc, rows[:5], folder, progress=False)  # "interrupted" after 5 utterances
+    assert enc.utterances == 5
+    # a torn shard (index without data) is ignored, not trusted
+    (folder / "shard-zzz.json").write_text('{"utts": [{"id": "%s", "key": "x", "offset": 0, "frames": 1, "row": 0}]}' % rows[6].id)
+    c = fcache.ensure_features(enc, rows, folder, progress=False)
+    assert enc.utterances == len(rows)
+    assert all(c.has(r, fcache.encoder_version(enc)) for r in rows)
+    moved = Utterance(**{**rows[0].__dict__, "audio": rows[1].audio})  # same id, other audio
+    enc.utterances = 0
+    c = fcache.ensure_features(enc, [moved] + rows[1:], folder, progress=False)
+    assert enc.utterances == 1
+    np.testing.assert_array_equal(c.frames([rows[0].id])[0], c.frames([rows[1].id])[0])
+
+
+def test_length_sorted_extraction_batches():
+    d = [3.0, 1.0, 2.0, 1.0, 8.0, 0.5]
+    batches = fcache.length_sorted_batches(d, batch_seconds=4.0)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(d)))
+    assert [d[i] for i in flat] == sorted(d)
+    assert all(len(b) * max(d[i] for i in b) <= 4.0 or len(b) == 1 for b in batches)
+
+
+def test_online_source_matches_cached_training(tmp_path, tones):
+    """The s3prl way (encoder at every step) and cached features give the same result within fp16 noise."""
+    enc = CountingEncoder(make_tiny_encoder())
+    rows = {s: read_manifest(p) for s, p in zip(("train", "dev", "test"), tones.manifests)}
+    vocab = Vocab.build(tones, rows["train"])
+    targets = {s: [vocab.encode(tones, r) for r in rs] for s, rs in rows.items()}
+    cfg = default_config(tones, epochs=8)
+    cached = {s: CachedSource(fcache.ensure_features(enc, rs, tmp_path / s, progress=False), [r.id for r in rs])
+              for s, rs in rows.items()}
+    online = {s: OnlineSource(enc, rs) for s, rs in rows.items()}
+    out = {}
+    for name, src in (("cached", cached), ("online", online)):
+        torch.manual_seed(0)
+        head = build_head(tones, enc.hidden_size, enc.num_layers + 1, vocab)
+        enc.forwards = 0
+        out[name] = train_head(head, tones, vocab, src, targets, {}, cfg, 0, enc.frame_rate, progress=False)
+        out[name]["forwards"] = enc.forwards
+    assert out["cached"]["pooled_features"] and out["cached"]["forwards"] == 0
+    assert out["online"]["forwards"] > cfg.epochs  # encoder ran for every batch
+    assert abs(out["cached"]["value"] - out["online"]["value"]) <= 0.1
+    np.testing.assert_allclose(out["cached"]["layer_weights"], out["online"]["layer_weights"], atol=1e-2)
+    losses = [[h["train_loss"] for h in out[k]["history"]] for k in ("cached", "online")]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=2e-2)
