@@ -6,8 +6,9 @@
 Inputs are random weights of the chosen size saved both as HF directories (model.safetensors) and as
 plain torch checkpoints (.pt): one "pre-trained" model and four "fine-tuned" copies (θ₀ + small noise).
 Every measurement runs in a fresh interpreter that first imports the same modules; it reports wall time
-and its own peak RSS (``resource.getrusage``). Peak RSS minus the peak RSS of an interpreter that only
-imported those modules, divided by one model's size, is the memory ratio. The I/O floor is the time of
+and its own peak RSS (Linux: VmHWM, reset after the imports; elsewhere ``resource.getrusage``). Peak RSS
+minus that of an interpreter that only imported those modules, divided by one model's size, is the
+memory ratio. The I/O floor is the time of
 plain file copies of the same bytes (read every input, write one model). Files are in the page cache
 (just written), so times are compute + memory-copy bound, not disk bound.
 
@@ -34,14 +35,31 @@ SIZES = {
                   conv_dim=(256,) * 7),
 }
 PRELUDE = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 import torch
 import safetensors.torch
 from speechft.merge import merge_alphas, merge_models
 torch.set_num_threads(1)
+
+def peak_rss_mib():
+    # VmHWM: this process's own high-water mark. ru_maxrss is not used on Linux: a child inherits the
+    # RSS its parent had at fork as its starting maximum, which would hide everything measured here.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+try:  # start the high-water mark after the imports, so import-time transients cannot mask the run
+    with open("/proc/self/clear_refs", "w") as _f:
+        _f.write("5")
+except OSError:
+    pass
 """
 EPILOGUE = """
-print(json.dumps({"wall_s": WALL, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"wall_s": WALL, "maxrss_mib": peak_rss_mib()}))
 """
 
 
@@ -109,7 +127,8 @@ def sweep_bodies(m0: Path, ft: Path, alphas: list[float], root: Path) -> tuple[s
     return one_pass, separate
 
 
-def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, official: bool = True) -> dict:
+def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, official: bool = True,
+            ties: bool = False) -> dict:
     """All measurements; returns the record (figures in MiB, seconds and ratios)."""
     root = Path(tempfile.mkdtemp(prefix="bench-merge-", dir=workdir))
     try:
@@ -139,7 +158,7 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
             record(f"io_floor_n{n}", floor)
             f = floor["wall_s"]
             record(f"stream_linear_n{n}", run_child(stream_body(inp["pretrained"], fts, out / "merged")), f)
-            if n > 1:
+            if n > 1 and ties:
                 record(f"stream_ties_n{n}", run_child(stream_body(inp["pretrained"], fts, out / "merged", "ties")), f)
             if official:
                 pts = [root / f"m{i}.pt" for i in range(n + 1)]
@@ -179,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", choices=sorted(SIZES), default="base")
     ap.add_argument("--n-ft", default="1,4", help="numbers of fine-tuned models, comma-separated")
     ap.add_argument("--sweep-points", type=int, default=5, help="α values in the sweep comparison (0 = skip)")
+    ap.add_argument("--ties", action="store_true", help="also time a TIES merge of all fine-tuned models")
     ap.add_argument("--no-official", action="store_true", help="skip the torch.load/torch.save comparison")
     ap.add_argument("--workdir", default=tempfile.gettempdir(), help="where the temporary models go")
     ap.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(HERE.parent)}")
@@ -186,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     rec = measure(args.size, [int(n) for n in args.n_ft.split(",")], args.sweep_points, Path(args.workdir),
-                  official=not args.no_official)
+                  official=not args.no_official, ties=args.ties)
     rec.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"), python=platform.python_version(), torch=torch.__version__,
                cpus=os.cpu_count(), machine=platform.machine())
     print(summarize(rec))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_encoder
+from speechft.data import load_audio
 from speechft.data.manifest import Utterance, read_manifest
 from speechft.models.encoder import SpeechEncoder
 from speechft.models.heads import build_head
@@ -62,7 +63,7 @@ def test_cache_layout_is_float16_sharded_and_keyed(tmp_path, tones):
     assert data and all(d.dtype == np.float16 and d.shape[1:] == (enc.num_layers + 1, enc.hidden_size) for d in data)
     assert sum(d.shape[0] for d in data) == sum(c.num_frames(r.id) for r in rows)
     # the cached frames are the encoder's states, rounded to float16
-    wav = torch.from_numpy(__import__("speechft").data.load_audio(rows[0].audio))[None]
+    wav = torch.from_numpy(load_audio(rows[0].audio))[None]
     with torch.no_grad():
         states, lens = enc(wav, torch.tensor([wav.shape[1]]))
     ref = torch.stack([s[0, : int(lens[0])] for s in states], 1).numpy()  # [T, L+1, F]
@@ -109,7 +110,9 @@ def test_interrupted_extraction_resumes_and_changed_audio_is_reextracted(tmp_pat
     enc.utterances = 0
     c = fcache.ensure_features(enc, [moved] + rows[1:], folder, progress=False)
     assert enc.utterances == 1
-    np.testing.assert_array_equal(c.frames([rows[0].id])[0], c.frames([rows[1].id])[0])
+    # same audio, other batch: equal up to float16 rounding of batch-dependent float noise
+    np.testing.assert_allclose(c.frames([rows[0].id])[0].astype(np.float32),
+                               c.frames([rows[1].id])[0].astype(np.float32), atol=2e-3, rtol=2e-3)
 
 
 def test_length_sorted_extraction_batches():

@@ -14,9 +14,10 @@ CORPUS_OPTIONS = {
     "pretrain-lite": ("hours", "seed", "jobs"),
     "librispeech": ("lexicon",),
     "iemocap": ("fold",),
+    "speechcommands": ("test_root",),
 }
 _FLAGS = {"size": "--size/--quick", "seed": "--seed", "jobs": "--jobs", "tasks": "--tasks", "hours": "--hours",
-          "lexicon": "--lexicon", "fold": "--fold"}
+          "lexicon": "--lexicon", "fold": "--fold", "test_root": "--test-root"}
 
 
 def corpus_options(corpus: str, given: dict) -> dict:
@@ -43,7 +44,9 @@ def command(
     hours: Optional[float] = typer.Option(None, "--hours", help="pretrain-lite: hours of training audio (default 1)."),
     lexicon: Optional[Path] = typer.Option(None, "--lexicon", help="librispeech: pronunciation lexicon for the "
                                            "phone targets of PR."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="iemocap: test session (1-5)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="iemocap: test session (1-5; default: all five folds)."),
+    test_root: Optional[Path] = typer.Option(None, "--test-root", help="speechcommands: the separate v0.01 test "
+                                             "set archive, extracted (SUPERB's test split)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="lite, pretrain-lite: parallel espeak-ng processes "
                                        "(default 2)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="lite: comma-separated subset of tasks "
@@ -61,7 +64,8 @@ def command(
         size = "quick" if quick else size
         recipe = get_recipe(corpus)
         options = corpus_options(corpus, {"size": size, "seed": seed, "jobs": jobs, "tasks": split_csv(tasks) or None,
-                                          "hours": hours, "lexicon": str(lexicon) if lexicon else None, "fold": fold})
+                                          "hours": hours, "lexicon": str(lexicon) if lexicon else None, "fold": fold,
+                                          "test_root": str(test_root) if test_root else None})
         if root is None and corpus == "fsdd":
             root = default_fsdd_root()
         if root is None and recipe.needs_root:

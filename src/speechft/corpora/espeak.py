@@ -34,6 +34,7 @@ from ..data.audio import TARGET_SR, resample, write_audio
 log = logging.getLogger(__name__)
 
 ESPEAK_SR = 22050
+PEAK = 0.9  # louder utterances are scaled down to this peak
 INSTALL_HINT = "install it: apt-get install espeak-ng, or run make install"
 _STRESS = str.maketrans("", "", "ˈˌ")
 _LANG_SWITCH = re.compile(r"\([a-zA-Z-]+\)")
@@ -48,7 +49,8 @@ def espeak_binary() -> str:
     """Path of ``espeak-ng``; raises :class:`FileNotFoundError` with an install hint when missing."""
     path = shutil.which("espeak-ng")
     if path is None:
-        raise FileNotFoundError(f"espeak-ng not found on PATH (the lite-* tasks are synthesised with it); {INSTALL_HINT}")
+        raise FileNotFoundError(
+            f"espeak-ng not found on PATH (the lite-* tasks are synthesised with it); {INSTALL_HINT}")
     return path
 
 
@@ -184,6 +186,9 @@ def render(job: SynthJob) -> SynthResult:
         wav, ph = synthesize_array(job.text, job.voice, job.speed, job.pitch, phones=job.phones)
         if job.phones and not ph:
             raise EspeakError(f"espeak-ng returned no phones for {job.text!r} (voice {job.voice!r})")
+        peak = float(np.abs(wav).max())
+        if peak > PEAK:  # some variants (and the resampler's overshoot) exceed full scale: scale, never clip
+            wav = wav * (PEAK / peak)
     if job.max_seconds is not None:
         wav = wav[: int(job.max_seconds * TARGET_SR)]
     if job.noise > 0:
@@ -205,7 +210,7 @@ def render_batch(jobs: Iterable[SynthJob], workers: int = 2, desc: str = "synthe
     results: list[SynthResult] = []
     pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
     try:
-        with tqdm(total=len(jobs), desc=desc, unit="utt", disable=not progress, leave=False) as bar:
+        with tqdm(total=len(jobs), desc=desc, unit="utt", disable=not progress, leave=False, mininterval=1.0) as bar:
             for res in pool.map(render, jobs):
                 results.append(res)
                 if on_result is not None:

@@ -149,7 +149,8 @@ def _plan_ks(size: Size, seed: int, voices: dict[str, list[str]]) -> list[_Item]
     items = []
     for split, n in _sizes(size).items():
         for i, label in enumerate(_dealt(list(text.KS_LABELS), n, rng)):
-            word = None if label == text.SILENCE else rng.choice(text.KS_UNKNOWN_WORDS) if label == text.UNKNOWN else label
+            word = (None if label == text.SILENCE
+                    else rng.choice(text.KS_UNKNOWN_WORDS) if label == text.UNKNOWN else label)
             # Every clip gets a noise floor of random level, so _silence_ is not "the clip with noise".
             items.append(_Item(f"lite-ks-{split}-{i:05d}", split, word, f"{ENGLISH_VOICE}+{rng.choice(voices[split])}",
                                rng.randint(140, 200), rng.randint(30, 70), {"label": label},

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 SUBSET = "pretrain"
 SPLITS = ("train", "dev", "test")
-MEAN_SECONDS_GUESS = 5.0  # only sizes the first batch; synthesis continues until `hours` is reached
+MEAN_SECONDS_GUESS = 4.4  # only sizes the first batch; synthesis continues until `hours` is reached
 EXCLUDE_LITE_SEED = 0
 MAX_SECONDS = 8.0  # the few longer passages are cropped (fine for unlabelled audio; keeps batches even)
 
@@ -61,7 +61,8 @@ def _resolve_languages(languages: Optional[Iterable[str]]) -> list[str]:
     return out
 
 
-def _job(rng: random.Random, uid: str, wav: Path, langs: list[str], variants: list[str], seed: int) -> tuple[espeak.SynthJob, str]:
+def _job(rng: random.Random, uid: str, wav: Path, langs: list[str], variants: list[str],
+         seed: int) -> tuple[espeak.SynthJob, str]:
     known = text.languages()
     # English gets half of the utterances when it is among the languages (the benchmark is mostly English).
     if "en" in langs and (len(langs) == 1 or rng.random() < 0.5):
@@ -139,8 +140,9 @@ def prepare(out_dir: str | Path, hours: float = 1.0, seed: int = 0, jobs: int = 
         secs = time.perf_counter() - t0
         summary = {s: {"utterances": len(rows[s]), "hours": round(sum(r.duration for r in rows[s]) / 3600, 4)}
                    for s in SPLITS}
+        rate = done_s / 3600 / max(secs / 60, 1e-9)
         atomic_write_json(tmp / "stamp.json", {"config": config, "splits": summary, "seconds_to_make": round(secs, 1),
-                                               "audio_hours_per_minute": round(done_s / 3600 / max(secs / 60, 1e-9), 3)})
+                                               "audio_hours_per_minute": round(rate, 3)})
     log.info("pretrain-lite: %.2f h of train audio (%d utterances) in %.1f s (%.2f h of audio per minute) -> %s",
              done_s / 3600, len(rows["train"]), secs, done_s / 3600 / max(secs / 60, 1e-9), folder)
     return paths

@@ -125,11 +125,11 @@ def task_manifests(task, size: str = "default", fsdd_root: Optional[str] = None)
     """Manifests of a built-in task, preparing its corpus on demand where that needs no user input."""
     out_dir = default_out_dir(task.corpus, size)
     folder = out_dir / task.subset
-    if not _complete(folder):
-        if task.corpus == "lite":
-            log.info("preparing lite data (%s size) in %s", size, out_dir)
-            _lite(None, out_dir, size=size)
-        elif task.corpus == "fsdd":
+    if task.corpus == "lite":
+        # lite.prepare checks its config stamp in milliseconds and rebuilds only stale/missing tasks
+        _lite(None, out_dir, size=size, tasks=[task.subset])
+    elif not _complete(folder):
+        if task.corpus == "fsdd":
             root = Path(fsdd_root).expanduser() if fsdd_root else default_fsdd_root()
             if root is None:
                 raise FileNotFoundError(

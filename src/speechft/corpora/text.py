@@ -198,7 +198,8 @@ def languages() -> dict[str, Language]:
         code, voice = cols[0], cols[1]
         row = rows.setdefault(code, {"voice": voice, "numbers": None, "phrases": []})
         if row["voice"] != voice:
-            raise TextSourceError(f"{LANGUAGES_FILE}:{lineno}: language {code!r} has two voices ({row['voice']!r}, {voice!r})")
+            raise TextSourceError(f"{LANGUAGES_FILE}:{lineno}: language {code!r} has two voices "
+                                  f"({row['voice']!r}, {voice!r})")
         if len(cols) == 4:
             if cols[2] != "numbers" or len(cols[3].split()) != 10:
                 raise TextSourceError(f"{LANGUAGES_FILE}:{lineno}: expected 'code | voice | numbers | one .. ten'")

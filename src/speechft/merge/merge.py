@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = {"source": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COPIED_FILES = ("preprocessor_config.json",)
+BLOCK = 1 << 20  # elements merged at once (float64 temporaries: a few MiB per input)
 
 
 def resolve_model_dir(ref: str) -> Path:
@@ -76,18 +77,33 @@ def open_sources(pretrained: str, finetuned: Sequence[str]) -> list[SafetensorsD
     return sources
 
 
-def tensor_seed(seed: int, key: str) -> int:
-    """A per-parameter seed, independent of the order tensors are visited in."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little") & (2**63 - 1)
+def tensor_seed(seed: int, key: str, block: int = 0) -> int:
+    """A seed per (parameter, block), independent of the order tensors are visited in."""
+    digest = hashlib.sha256(f"{seed}:{key}:{block}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def merge_tensor(method: MergeMethod, params: MergeParams, key: str, base: torch.Tensor,
-                 tuned: Sequence[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
-    """One merged parameter in ``out_dtype`` (``key`` is the canonical name; it seeds random methods)."""
-    gen = None
-    if method.random:
-        gen = torch.Generator().manual_seed(tensor_seed(params.seed, key))
-    return method.fn(base, tuned, params, gen).to(out_dtype)
+                 tuned: Sequence[torch.Tensor], out_dtype: torch.dtype, stats: Optional[dict] = None) -> torch.Tensor:
+    """One merged parameter in ``out_dtype``; ``key`` (canonical name) seeds random methods.
+
+    Methods are elementwise given ``stats`` (see :mod:`.methods`), so large parameters are merged in
+    blocks of :data:`BLOCK` elements: the float64 temporaries stay a few MiB whatever the tensor size.
+    Random methods draw block j's masks from a generator seeded by (seed, key, j).
+    """
+    if stats is None and method.prepare is not None:
+        stats = method.prepare(base, tuned, params)
+    n = base.numel()
+    if n <= BLOCK:
+        gen = torch.Generator().manual_seed(tensor_seed(params.seed, key)) if method.random else None
+        return method.fn(base, tuned, params, gen, stats).to(out_dtype)
+    out = torch.empty(base.shape, dtype=out_dtype)
+    flat_out, flat_base, flat_tuned = out.view(-1), base.reshape(-1), [t.reshape(-1) for t in tuned]
+    for j, start in enumerate(range(0, n, BLOCK)):
+        sl = slice(start, start + BLOCK)
+        gen = torch.Generator().manual_seed(tensor_seed(params.seed, key, j)) if method.random else None
+        flat_out[sl] = method.fn(flat_base[sl], [t[sl] for t in flat_tuned], params, gen, stats)
+    return out
 
 
 def output_specs(plan: KeyPlan, dtype: Optional[torch.dtype]) -> list[TensorSpec]:
@@ -184,9 +200,11 @@ def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_l
             out_dtype = ST_DTYPES[spec.dtype]
             if key in plan.merged:
                 tuned = [s.get(m[key]) for s, m in zip(sources[1:], plan.maps[1:])]
+                # α-independent statistics (TIES thresholds) once for all outputs
+                stats = method.prepare(base, tuned, params_list[0]) if method.prepare else None
                 for params, w in zip(params_list, writers):
-                    w.write(spec.key, merge_tensor(method, params, key, base, tuned, out_dtype))
-                del tuned
+                    w.write(spec.key, merge_tensor(method, params, key, base, tuned, out_dtype, stats))
+                del tuned, stats
             else:
                 kept = base.to(out_dtype) if spec.is_float else base
                 for w in writers:

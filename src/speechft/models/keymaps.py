@@ -54,8 +54,11 @@ DROPPED_BY_DESIGN: dict[str, str] = {
     "project_q": "pre-training only (wav2vec 2.0 quantizer projection)",
     "project_hid": "pre-training only",
     "target_glu": "pre-training only",
-    "proj": "task head (fine-tuned CTC output layer)",
     "w2v_encoder": "task head (fine-tuned CTC output layer)",
+    # transformers task heads (HubertForCTC, ...ForSequenceClassification)
+    "lm_head": "task head",
+    "classifier": "task head",
+    "projector": "task head",
 }
 
 _WEIGHT_NORM_ALIASES = {
@@ -248,7 +251,8 @@ def hf_config_from_fairseq(model_type: str, model_cfg: dict, normalize: bool = F
 def fairseq_cfg_from_hf(config) -> dict:
     """The inverse of :func:`hf_config_from_fairseq` (fairseq field names), e.g. to write test fixtures."""
     model_type = config.model_type
-    layers = " + ".join(f"[({d}, {k}, {s})]" for d, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride))
+    convs = zip(config.conv_dim, config.conv_kernel, config.conv_stride)
+    layers = " + ".join(f"[({d}, {k}, {s})]" for d, k, s in convs)
     cfg = {
         "_name": {"hubert": "hubert", "wav2vec2": "wav2vec2", "wavlm": "wavlm"}[model_type],
         "extractor_mode": "default" if config.feat_extract_norm == "group" else "layer_norm",

@@ -10,6 +10,7 @@ of target sequences (``$SPEECHFT_HOME/pretrain-targets/<key>.npz``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,6 +29,18 @@ from .data import AudioStore
 from .mfcc import mfcc
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Per-utterance feature extraction is many small ops: one thread is several times faster
+    than two on a busy machine (thread hand-offs dominate)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class FeatureSource:
@@ -96,8 +109,10 @@ class Codebook:
 
 
 def fit_codebook(store: AudioStore, source: FeatureSource, k: int, max_frames: int, batch_size: int,
-                 seed: int) -> Codebook:
-    """MiniBatchKMeans on up to ``max_frames`` frames sampled uniformly over the utterances."""
+                 seed: int, keep_features: Optional[list] = None) -> Codebook:
+    """MiniBatchKMeans on up to ``max_frames`` frames sampled uniformly over the utterances.
+
+    ``keep_features``: a list that receives every utterance's features (saves a second pass)."""
     from sklearn.cluster import MiniBatchKMeans
 
     rng = np.random.default_rng(seed)
@@ -105,7 +120,10 @@ def fit_codebook(store: AudioStore, source: FeatureSource, k: int, max_frames: i
     keep = min(1.0, max_frames / max(total, 1))
     sample = []
     for i in tqdm(range(len(store)), desc="k-means features", leave=False):
-        f = source(store.wav(i))
+        with single_thread():
+            f = source(store.wav(i))
+        if keep_features is not None:
+            keep_features.append(f)
         if keep < 1.0:
             f = f[rng.random(f.shape[0]) < keep]
         sample.append(f)
@@ -133,7 +151,7 @@ def audio_fingerprint(store: AudioStore) -> str:
 
 
 def compute_targets(store: AudioStore, codebook: Codebook, source: FeatureSource,
-                    cache_dir: Optional[Path] = None) -> list:
+                    cache_dir: Optional[Path] = None, features: Optional[list] = None) -> list:
     """Cluster ids ``[T_i]`` int16 per utterance, cached on disk keyed by audio + codebook."""
     cache_dir = Path(cache_dir) if cache_dir else data_home() / "pretrain-targets"
     path = cache_dir / f"{audio_fingerprint(store)}-{codebook.hash()}.npz"
@@ -147,7 +165,14 @@ def compute_targets(store: AudioStore, codebook: Codebook, source: FeatureSource
             log.warning("targets cache %s does not match the manifest; recomputing", path)
         except (OSError, KeyError, ValueError) as e:
             log.warning("targets cache %s unreadable (%s); recomputing", path, e)
-    labels = [codebook.predict(source(store.wav(i))) for i in tqdm(range(len(store)), desc="targets", leave=False)]
+    labels = []
+    for i in tqdm(range(len(store)), desc="targets", leave=False):
+        if features:
+            f = features[i]
+        else:
+            with single_thread():
+                f = source(store.wav(i))
+        labels.append(codebook.predict(f))
     offsets = np.cumsum([0] + [len(x) for x in labels]).astype(np.int64)
     buf = io.BytesIO()
     np.savez(buf, ids=np.array(store.ids), labels=np.concatenate(labels), offsets=offsets)

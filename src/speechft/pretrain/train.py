@@ -137,7 +137,7 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
     # -- targets: the codebook is fixed for the whole run (saved before the first step) ----------
     km_path, init_dir = out / "kmeans.npz", Path(run["init"]) if run["init"] else None
     source = FeatureSource(cfg.kmeans_from, cfg.kmeans_layer) if cfg.kmeans_from else FeatureSource()
-    reuse_head = False
+    reuse_head, feats = False, []
     if km_path.exists() and resume:
         codebook = Codebook.load(km_path)
     elif cfg.kmeans_from is None and init_dir is not None and (init_dir / "kmeans.npz").exists():
@@ -147,11 +147,12 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
         log.info("continuing with %s's codebook (k=%d)", init_dir, codebook.k)
     else:
         codebook = fit_codebook(train_store, source, cfg.num_clusters, cfg.kmeans_max_frames,
-                                cfg.kmeans_batch_size, cfg.seed)
+                                cfg.kmeans_batch_size, cfg.seed, keep_features=feats)
     if codebook.source.get("type") == "mfcc":
         source = FeatureSource()
     codebook.save(km_path)
-    train_labels = compute_targets(train_store, codebook, source)
+    train_labels = compute_targets(train_store, codebook, source, features=feats)
+    del feats
     dev_labels = compute_targets(dev_store, codebook, source) if dev_store else None
 
     torch.manual_seed(cfg.seed)

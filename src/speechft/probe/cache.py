@@ -39,6 +39,7 @@ CACHE_VERSION = 1  # bump when extraction or the storage layout changes
 WARN_BYTES = 2 * 2**30  # warn before an extraction that writes more than this
 SHARD_BYTES = 128 * 2**20  # start a new shard file after this many bytes of frames
 SHARD_UTTS = 2048
+_WARNED: set = set()
 
 
 def encoder_version(encoder) -> str:
@@ -101,7 +102,9 @@ class FeatureCache:
                 continue
             shard = side.name[: -len(".json")]
             if not (self.folder / f"{shard}.npy").exists():
-                log.warning("cache index %s has no data file; its utterances will be re-extracted", side)
+                if side not in _WARNED:  # once per process, not at every reload
+                    _WARNED.add(side)
+                    log.warning("cache index %s has no data file; its utterances will be re-extracted", side)
                 continue
             for e in meta["utts"]:
                 self.entries[e["id"]] = {**e, "shard": shard}

@@ -230,7 +230,7 @@ def train_head(head, task, vocab, sources: dict, targets: dict, refs: dict, cfg:
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
             opt.step()
-            total += float(loss) * n
+            total += float(loss.detach()) * n
             units += n
         dev = evaluate(head, task, vocab, sources["dev"], targets["dev"], refs.get("dev"), cfg, frame_rate, pooled)
         history.append({"epoch": epoch + 1, "train_loss": total / max(units, 1), "dev": dev})

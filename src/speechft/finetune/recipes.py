@@ -1,0 +1,156 @@
+"""Fine-tuning recipes: Speech-FT's stable fine-tuning and the paper's baselines.
+
+Each recipe is a small frozen record in an explicit registry; the training loop asks it three
+things: which encoder parameters train (CNN frozen or not, LoRA/DoRA adapters), for how many
+first steps only the head learns (``beta``), and whether an L2-SP penalty pulls the encoder back
+to its pre-trained weights.
+
+=========  ====================================================================================
+stable     Speech-FT: CNN frozen throughout; the first ``beta`` = 10 % of steps train the head only
+           (encoder run without gradients), then everything but the CNN trains
+regular    nothing frozen, no head-only warm-up (same optimizer, schedule and steps)
+l2sp       ``regular`` + ``l2sp_lambda * ||theta - theta0||^2`` on the trainable encoder weights
+lora       low-rank adapters (peft) on the attention/FFN projections, merged into the weights
+dora       weight-decomposed low-rank adapters (peft ``use_dora``), merged into the weights
+=========  ====================================================================================
+
+Early checkpoints (the paper's early-stop baseline) are not a recipe: ``save_every`` keeps the
+encoder every K steps of any recipe.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    beta: float = 0.0  # default share of head-only steps
+    freeze_cnn: bool = False  # default for keeping the CNN feature extractor frozen
+    l2sp: bool = False
+    adapter: Optional[str] = None  # None | "lora" | "dora"
+
+
+_RECIPES = [
+    Recipe("stable", "Speech-FT stable fine-tuning: CNN frozen, head-only warm-up (beta), then full encoder",
+           beta=0.1, freeze_cnn=True),
+    Recipe("regular", "regular fine-tuning: nothing frozen, no warm-up"),
+    Recipe("l2sp", "regular fine-tuning + L2-SP penalty lambda*||theta - theta0||^2 on encoder weights", l2sp=True),
+    Recipe("lora", "LoRA adapters on attention/FFN projections, merged after training", freeze_cnn=True,
+           adapter="lora"),
+    Recipe("dora", "DoRA adapters on attention/FFN projections, merged after training", freeze_cnn=True,
+           adapter="dora"),
+]
+
+
+def _registry(recipes) -> dict[str, Recipe]:
+    reg: dict[str, Recipe] = {}
+    for r in recipes:
+        if r.name in reg:
+            raise ValueError(f"duplicate recipe name {r.name!r}")
+        reg[r.name] = r
+    return reg
+
+
+RECIPES: dict[str, Recipe] = _registry(_RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    if name in RECIPES:
+        return RECIPES[name]
+    close = difflib.get_close_matches(name, list(RECIPES), n=2)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"unknown fine-tuning recipe {name!r}{hint} (known: {', '.join(RECIPES)})")
+
+
+def resolved_knobs(recipe: Recipe, cfg) -> dict:
+    """``{"beta", "freeze_cnn"}``: the config's value where set, else the recipe's."""
+    beta = recipe.beta if cfg.beta is None else float(cfg.beta)
+    freeze = recipe.freeze_cnn if cfg.freeze_cnn is None else bool(cfg.freeze_cnn)
+    if recipe.adapter and not freeze:
+        raise ValueError(f"recipe {recipe.name}: freeze_cnn=false does not apply (only adapters train)")
+    return {"beta": beta, "freeze_cnn": freeze}
+
+
+def prepare_encoder(encoder, recipe: Recipe, cfg, freeze_cnn: bool):
+    """Set which encoder parameters train; for adapter recipes wrap ``encoder.model`` with peft.
+
+    Returns the encoder (modified in place). Parameters that the forward pass never uses while
+    fine-tuning (HuBERT's ``masked_spec_embed``: masking is off) are frozen so they stay theta0
+    and distributed training does not wait for their gradients.
+    """
+    for p in encoder.parameters():
+        p.requires_grad_(True)
+    encoder.freeze_feature_extractor(freeze_cnn)
+    masked = getattr(encoder.model, "masked_spec_embed", None)
+    if masked is not None:
+        masked.requires_grad_(False)
+    if recipe.adapter is None:
+        return encoder
+    import peft
+
+    lcfg = peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+                           lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_targets),
+                           use_dora=recipe.adapter == "dora", bias="none")
+    try:
+        encoder.model = peft.get_peft_model(encoder.model, lcfg)
+    except ValueError as e:  # peft names the missing modules
+        raise ValueError(f"recipe {recipe.name}: cannot place adapters on {list(cfg.lora_targets)} "
+                         f"of {type(encoder.model).__name__} ({e})") from None
+    return encoder
+
+
+def is_adapted(encoder) -> bool:
+    return type(encoder.model).__name__ == "PeftModel"
+
+
+def plain_encoder(encoder, copy_first: bool = True):
+    """The encoder as a plain transformers model: LoRA/DoRA merged into the weights.
+
+    ``copy_first`` leaves the training encoder untouched (early checkpoints mid-run).
+    """
+    if not is_adapted(encoder):
+        return encoder
+    enc = copy.deepcopy(encoder) if copy_first else encoder
+    enc.model = enc.model.merge_and_unload()
+    return enc
+
+
+class L2SP:
+    """The L2-SP penalty ``lam * ||theta - theta0||^2`` over the trainable encoder parameters.
+
+    Its gradient ``2 * lam * (theta - theta0)`` is added once per optimizer step, after the task
+    gradients are normalised, so it does not depend on batch size, accumulation or process count
+    (the same as adding the penalty to the normalised loss). Parameters without a gradient in a
+    step (none in ``l2sp``; the head-only phase if combined with ``beta``) are left alone.
+    """
+
+    def __init__(self, params: list, lam: float):
+        self.params = list(params)
+        self.lam = float(lam)
+        self.theta0 = [p.detach().clone() for p in self.params]
+
+    def to(self, device) -> "L2SP":
+        self.theta0 = [t.to(device) for t in self.theta0]
+        return self
+
+    @torch.no_grad()
+    def add_grad(self) -> float:
+        """Add the penalty's gradient to ``.grad``; returns the penalty value."""
+        total = 0.0
+        for p, p0 in zip(self.params, self.theta0):
+            if p.grad is None:
+                continue
+            diff = p.detach().float() - p0.float()
+            total += float(diff.pow(2).sum())
+            p.grad.add_((2.0 * self.lam * diff).to(p.grad.dtype))
+        return self.lam * total
