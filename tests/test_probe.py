@@ -1,13 +1,11 @@
 """`run_probe` / `speechft probe` on tiny models: every head type, user tasks, resume, determinism, CLI."""
-import json
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from conftest import make_tiny_encoder
 from speechft.cli import app
-from speechft.data import Utterance, write_audio, write_manifest
+from speechft.data import Utterance, read_manifest, write_audio, write_manifest
 from speechft.probe import run_probe, score_table, write_reports
 from speechft.tasks import user_task
 from speechft.utils.io import read_jsonl
@@ -80,7 +78,8 @@ def test_every_head_type_on_lite_quick(tmp_path, lite_quick):
 
 
 def test_user_task_is_learned(tmp_path, tones):
-    rec = run_probe(make_tiny_encoder(), [tones], tmp_path, epochs=30, cache_dir=tmp_path / "c", progress=False)[0]
+    rec = run_probe(make_tiny_encoder(), [tones], tmp_path, epochs=30, lr=1e-2, batch_size=8, cache_dir=tmp_path / "c",
+                    progress=False)[0]
     assert rec["task"] == "tones-classify" and rec["metric"] == "accuracy"
     assert rec["value"] >= 0.9 and rec["dev_value"] >= 0.9  # low vs high tone is easy even for random features
     losses = [h["train_loss"] for h in rec["history"]]
@@ -162,13 +161,33 @@ def test_cli_list_and_clear_errors(tmp_path):
 
 
 def test_bad_manifest_rows_are_listed_or_skipped(tmp_path, tones):
-    rows = [json.loads(l) for l in open(tones.manifests[0])]
-    rows.append({"id": "broken", "audio": str(tmp_path / "missing.wav"), "label": "low"})
-    bad = tmp_path / "train.jsonl"
-    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = read_manifest(tones.manifests[0]) + [Utterance(id="broken", audio=str(tmp_path / "missing.wav"), label="low")]
+    bad = write_manifest(tmp_path / "train.jsonl", rows, relative=False)
     task = user_task("tones-bad", (bad, *tones.manifests[1:]), "classify", "label")
     with pytest.raises(ValueError, match=r"missing\.wav.*missing file|missing file.*missing\.wav"):
         run_probe(make_tiny_encoder(), [task], tmp_path / "o", epochs=1, cache_dir=tmp_path / "c", progress=False)
     rec = run_probe(make_tiny_encoder(), [task], tmp_path / "o", epochs=1, cache_dir=tmp_path / "c",
                     progress=False, skip_bad=True)[0]
     assert rec["num_utterances"]["train"] == len(rows) - 1
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_bilstm_on_padded_batches_equals_packed(layers):
+    """The CTC head's BiLSTM runs fused padded kernels; outputs and gradients equal the packed LSTM."""
+    import torch
+
+    from speechft.models.heads import bilstm_padded
+
+    torch.manual_seed(0)
+    rnn = torch.nn.LSTM(12, 8, num_layers=layers, batch_first=True, bidirectional=True).eval()
+    x = torch.randn(4, 30, 12, requires_grad=True)
+    lens = torch.tensor([30, 12, 5, 29])
+    mask = (torch.arange(30)[None, :] < lens[:, None])[..., None]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+    ref, _ = torch.nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=30)
+    mine = bilstm_padded(rnn, x, lens)
+    torch.testing.assert_close(mine * mask, ref * mask, atol=1e-6, rtol=1e-5)
+    g_ref = torch.autograd.grad((ref * mask).pow(2).sum(), [x, *rnn.parameters()])
+    g_mine = torch.autograd.grad((mine * mask).pow(2).sum(), [x, *rnn.parameters()])
+    for a, b in zip(g_ref, g_mine):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

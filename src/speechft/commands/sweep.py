@@ -1,10 +1,57 @@
-"""`speechft sweep` (placeholder until its issue lands)."""
+"""`speechft sweep`: merge at several α, probe each, record, plot, optionally select one α."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from ._common import split_csv, user_errors
+from .merge import parse_floats
 
-def command() -> None:
-    """Not available yet in this build."""
-    typer.echo("speechft sweep: not available yet in this build", err=True)
-    raise typer.Exit(2)
+
+def command(
+    pretrained: str = typer.Option(..., "--pretrained", help="θ₀: HF dir, 'speechft-tiny' or a hub id."),
+    finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′ (repeat, or list several after it)."),
+    more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated probe tasks (see 'speechft probe --list')."),
+    out: Path = typer.Option(..., "--out", help="Folder: sweep.jsonl (resumable), sweep.png, selected/."),
+    alphas: str = typer.Option("0,0.1,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α values."),
+    method: str = typer.Option("linear", "--method", help="linear | task_arithmetic | ties | dare | dare_ties."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Per-model weights, comma-separated."),
+    density: float = typer.Option(0.5, "--density", help="ties/dare: fraction of task-vector entries kept."),
+    seed: int = typer.Option(0, "--seed", help="dare: seed of the random drop masks."),
+    majority_sign: str = typer.Option("total", "--majority-sign", help="ties: sign election, total | frequency."),
+    excluded: str = typer.Option("keep", "--excluded", help="Pre-training-only/head tensors: keep θ₀'s | drop."),
+    models: str = typer.Option("memory", "--models", help="Where each α's encoder lives: memory | disk "
+                               "(disk keeps them in OUT/models/)."),
+    select: Optional[str] = typer.Option(None, "--select", help="Pick α and save OUT/selected/: 'mean-normalized' "
+                                         "or 'ft-task:TASK,max-drop:X' (X relative to α=0, e.g. 0.02 or 2%)."),
+    seeds: int = typer.Option(1, "--seeds", help="Probe seeds per task (0..N-1); records hold their mean."),
+    limit: int = typer.Option(0, "--limit", help="At most N utterances per split (0 = all), for smoke tests."),
+    quick: bool = typer.Option(False, "--quick", help="Quick-size lite data and fewer epochs."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override every task's number of training epochs."),
+    fsdd: Optional[Path] = typer.Option(None, "--fsdd", help="Free Spoken Digit Dataset clone (fsdd-* tasks)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache root."),
+) -> None:
+    """α sweep: merge θ₀ with the fine-tuned models at each α, probe each merged encoder on the tasks,
+    append one record per (α, task) to OUT/sweep.jsonl (pairs already there are skipped), plot metric vs
+    α to OUT/sweep.png and, with --select, save the chosen α's encoder to OUT/selected/."""
+    with user_errors():
+        from ..merge.sweep import run_sweep
+
+        if seeds < 1:
+            raise ValueError("--seeds must be at least 1")
+        res = run_sweep(
+            pretrained, [*finetuned, *(more or [])], parse_floats(alphas, "--alphas") or [], split_csv(tasks), out,
+            method=method, weights=parse_floats(weights, "--weights"), density=density, seed=seed,
+            majority_sign=majority_sign, excluded=excluded, models=models, select=select,
+            size="quick" if quick else "default", seeds=tuple(range(seeds)), limit=limit or None,
+            fsdd_root=str(fsdd) if fsdd else None, epochs=epochs, cache_dir=str(cache_dir) if cache_dir else None,
+        )
+        for r in sorted(res.records, key=lambda r: (r["task"], r["alpha"])):
+            typer.echo(f"{r['task']:<12} α={r['alpha']:<6g} {r['metric']} = {r['value']:.4f}")
+        if res.plot:
+            typer.echo(f"plot: {res.plot}")
+        if res.selection:
+            typer.echo(f"selected α={res.selection['alpha']:g} ({res.selection['rule']}): {res.selected_dir}")

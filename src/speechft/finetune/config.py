@@ -67,6 +67,7 @@ class FinetuneConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def __post_init__(self):
+        _coerce_numbers(self)
         errors = []
         if self.steps < 1:
             errors.append("steps must be >= 1")
@@ -116,6 +117,29 @@ class FinetuneConfig:
         return d
 
 
+_FLOATS = ("lr", "head_lr", "eps", "weight_decay", "grad_clip", "warmup_frac", "hold_frac", "decay_frac", "beta",
+           "l2sp_lambda", "lora_alpha", "lora_dropout", "batch_seconds", "max_seconds", "min_seconds")
+_INTS = ("steps", "lora_rank", "max_batch_size", "grad_accum", "num_workers", "seed", "log_every", "eval_every",
+         "checkpoint_every", "keep_checkpoints", "save_every", "num_threads")
+
+
+def _coerce_numbers(cfg) -> None:
+    """YAML reads ``1e-4`` (no dot) as a string; accept numbers written any usual way."""
+    for names, kind in ((_FLOATS, float), (_INTS, int)):
+        for name in names:
+            v = getattr(cfg, name)
+            if v is None or isinstance(v, bool):
+                continue
+            try:
+                n = kind(v) if not (kind is int and isinstance(v, float) and not v.is_integer()) else None
+            except (TypeError, ValueError):
+                n = None
+            if n is None:
+                raise ValueError(f"invalid fine-tuning config: {name} must be a{'n integer' if kind is int else ' number'}, "
+                                 f"not {v!r}")
+            object.__setattr__(cfg, name, n)
+
+
 KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 
 
@@ -141,11 +165,9 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, **overrides) -> FinetuneConfig:
-    """A :class:`FinetuneConfig` from a YAML file (or the defaults) plus non-None ``overrides``.
-
-    Accepts both a plain mapping of keys and a saved ``OUT/config.yaml`` (``config:`` + ``run:``).
-    """
+def load_config(path: str | Path | None = None, base: Optional[dict] = None, **overrides) -> FinetuneConfig:
+    """A :class:`FinetuneConfig`: defaults < ``base`` (e.g. :data:`QUICK`) < the YAML file < non-None
+    ``overrides``. Accepts a plain mapping of keys or a saved ``OUT/config.yaml`` (``config:`` + ``run:``)."""
     data: dict = {}
     where = str(path) if path is not None else "overrides"
     if path is not None:
@@ -154,7 +176,7 @@ def load_config(path: str | Path | None = None, **overrides) -> FinetuneConfig:
             data = dict(data["config"])
     check_keys(data, where)
     check_keys(overrides, "overrides")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    data = {**(base or {}), **data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return FinetuneConfig(**data)
     except TypeError as e:

@@ -164,10 +164,9 @@ def _resolve(out: Path, model, task, recipe, steps, config, resume, quick, overr
     rec = get_recipe(recipe)
     check_keys(overrides, "finetune()")
     if isinstance(config, FinetuneConfig):
-        cfg = config.replace(**{**(QUICK if quick else {}), **overrides, "steps": steps})
+        cfg = config.replace(**overrides, steps=steps)
     else:
-        cfg = load_config(config, **{**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None},
-                                     "steps": steps})
+        cfg = load_config(config, base=QUICK if quick else None, **overrides, steps=steps)
     knobs = resolved_knobs(rec, cfg)
     run = _run_record(model, task, rec.name, size, fsdd_root, skip_bad)
     run.update(knobs, head_only_steps=head_only_steps(cfg.steps, knobs["beta"]))

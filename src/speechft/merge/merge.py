@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = {"source": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COPIED_FILES = ("preprocessor_config.json",)
-BLOCK = 1 << 20  # elements merged at once (float64 temporaries: a few MiB per input)
+BLOCK = 1 << 16  # elements merged at once (float64 temporaries: a few MiB per input)
 
 
 def resolve_model_dir(ref: str) -> Path:

@@ -301,9 +301,12 @@ def convert_checkpoint(
     arch_name = type(model).__name__
     target = model.state_dict()
     mapped, unmapped = _map_tensors(inside, prefix, naming, family, hf_config, target, dropped, src, arch_name)
-    for k in outside:
+    for k in outside:  # keys beside the encoder's prefix: a fine-tuned model's head, or unknown
         reason = km.dropped_reason(k)
-        (dropped.__setitem__(k, reason) if reason else unmapped.append(k))
+        if reason:
+            dropped[k] = reason
+        else:
+            unmapped.append(k)
     synthesized = _synthesize(mapped, inside, naming, hf_config, target)
     missing = [k for k in target if k not in mapped and k not in synthesized]
     if missing:
@@ -314,9 +317,12 @@ def convert_checkpoint(
         raise ValueError(f"{src}: {len(unmapped)} tensors are neither mapped nor dropped by design (--strict): "
                          f"{unmapped[:_SHOW]}")
     model.load_state_dict({**{k: t for k, (_, t) in mapped.items()}, **synthesized}, strict=True)
-    dtypes = sorted({str(t.dtype).replace("torch.", "") for _, t in mapped.values()} - {"float32"})
-    if dtypes:
-        notes.append(f"source tensors in {', '.join(dtypes)} stored as float32 (an exact widening)")
+    dtypes = {str(t.dtype).replace("torch.", "") for _, t in mapped.values()} - {"float32"}
+    if dtypes & {"float16", "bfloat16"}:
+        notes.append("float16/bfloat16 source tensors stored as float32 (an exact widening)")
+    if dtypes - {"float16", "bfloat16"}:
+        notes.append(f"source tensors in {', '.join(sorted(dtypes - {'float16', 'bfloat16'}))} cast to float32 "
+                     "(compared after the cast)")
 
     report = ConversionReport(
         source=str(src), out_dir=str(out_dir), format=fmt, model_type=family, architecture=arch_name,

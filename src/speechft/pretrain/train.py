@@ -121,14 +121,23 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
             manifest = str(generate_quick_audio(out / "quick-data", seed=cfg.seed))
         if isinstance(manifest, (list, tuple)):
             manifest = ",".join(str(m) for m in manifest)
-        run = {"manifest": ",".join(str(Path(m.strip()).resolve()) for m in str(manifest).split(",") if m.strip()), "dev": str(Path(dev).resolve()) if dev else None,
-               "init": init, "command": command or " ".join(["speechft", "pretrain"] + sys.argv[1:])}
+        manifests = [str(Path(m.strip()).resolve()) for m in str(manifest).split(",") if m.strip()]
+        run = {"manifest": ",".join(manifests), "dev": str(Path(dev).resolve()) if dev else None, "init": init,
+               "command": command or " ".join(["speechft", "pretrain"] + sys.argv[1:])}
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "pretrain_config.yaml")
         atomic_write_json(run_file, run)
+    threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    try:
+        return _run(cfg, out, run, resume, stop_after, progress)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Optional[int], progress: bool) -> dict:
+    """Load data, build targets and model, then the loop (see the module docstring for the outputs)."""
     train_store = AudioStore.load(run["manifest"], cfg.min_seconds)
     dev_store = AudioStore.load(run["dev"], cfg.min_seconds) if run["dev"] else None
     model, normalize = _build_model(cfg, run["init"])
@@ -229,7 +238,8 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
             save_checkpoint(out / CHECKPOINT, model=model, head=head, optimizer=opt, scheduler=sched, step=step,
                             epoch=epoch, batch=bi, rngs=rngs, extra={"codebook": codebook.hash(), "window": win})
     bar.close()
-    plot_curve(metrics, out / "training_curve.png", title="pre-training (" + ", ".join(Path(m).name for m in run["manifest"].split(",")) + ")")
+    names = ", ".join(Path(m).parent.name + "/" + Path(m).name for m in run["manifest"].split(","))
+    plot_curve(metrics, out / "training_curve.png", title=f"pre-training on {names}")
     summary = {"step": step, "steps": cfg.steps, "finished": step >= cfg.steps, "out": str(out),
                "train": last_train, "dev": last_dev}
     if step < cfg.steps:
