@@ -15,7 +15,7 @@ CTC_HEAD = {"hidden": 16, "proj": 16, "layers": 1}
 
 
 def run_ft(model_dir, out, recipe="stable", task="lite-asr", steps=8, **kw):
-    opts = dict(size="quick", progress=False, batch_seconds=8.0, head=CTC_HEAD, eval_every=0,
+    opts = dict(size="quick", progress=False, batch_seconds=4.0, head=CTC_HEAD, eval_every=0,
                 checkpoint_every=steps, log_every=1, tensorboard=False)
     opts.update(kw)
     return finetune(str(model_dir), task, out, recipe=recipe, steps=steps, **opts)

@@ -236,3 +236,49 @@ def test_cli_merge_success_and_user_error(models, tmp_path):
     res = runner.invoke(app, args[:-1] + [str(tmp_path / "cli2"), "--method", "tie"])
     assert res.exit_code == 2 and "did you mean ties" in res.output
     assert no_leftovers(tmp_path, "cli2")
+
+
+def test_float64_inputs_several_alphas_in_one_pass(models, tmp_path):
+    """One pass over the inputs for several α must equal separate merges (inputs are never modified)."""
+    def to_f64(sd, cfg):
+        for k in sd:
+            sd[k] = sd[k].double()
+
+    m0 = write_variant(models / "m0", tmp_path / "d0", to_f64)
+    fts = [str(write_variant(models / f"m{i}", tmp_path / f"d{i}", to_f64)) for i in (1, 2)]
+    for method in ("linear", "ties"):
+        outs = merge_alphas(str(m0), fts, [0.0, 0.3, 0.7], [tmp_path / f"{method}{i}" for i in range(3)],
+                            method=method, progress=False)
+        for a, out in zip([0.0, 0.3, 0.7], outs):
+            alone = merge_models(str(m0), fts, tmp_path / f"{method}-alone", alpha=a, method=method,
+                                 overwrite=True, progress=False)
+            got, ref = weights(out), weights(alone)
+            assert all(got[k].dtype == torch.float64 and torch.equal(got[k], ref[k]) for k in ref), (method, a)
+        w0 = weights(m0)
+        assert all(torch.equal(weights(outs[0])[k], w0[k]) for k in w0)
+
+
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties"])
+def test_blockwise_merge_equals_whole_tensor(method):
+    """Large tensors are merged in blocks; for deterministic methods that must not change the result."""
+    from speechft.merge.merge import BLOCK
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(3, BLOCK // 2 + 7, generator=g)  # > BLOCK elements, not a multiple of it
+    tuned = [base + torch.randn(base.shape, generator=g) for _ in range(3)]
+    p = MergeParams(alpha=0.6, density=0.3 if method != "dare_ties" else 1.0, weights=(1.0, 0.5, 2.0))
+    m = get_method(method)
+    whole = m.fn(base, tuned, p, None, m.prepare(base, tuned, p) if m.prepare else None).float()
+    assert torch.equal(merge_tensor(m, p, "k", base, tuned, torch.float32), whole)
+
+
+def test_builtin_reference_resolves_through_assets_dir(models, tmp_path, monkeypatch):
+    import speechft.paths
+
+    shutil.copytree(models / "m0", tmp_path / "assets" / "speechft-tiny")
+    monkeypatch.setattr(speechft.paths, "ASSETS_DIR", tmp_path / "assets")
+    out = merge_models("speechft-tiny", [str(models / "m1")], tmp_path / "o", alpha=0.0, progress=False)
+    assert read_card(out)["pretrained"] == {"ref": "speechft-tiny", "path": str(tmp_path / "assets" / "speechft-tiny")}
+    assert all(torch.equal(weights(out)[k], v) for k, v in weights(models / "m0").items())
+    with pytest.raises(ValueError, match="'fbank' is a feature baseline"):
+        merge_models("fbank", [str(models / "m1")], tmp_path / "f", progress=False)

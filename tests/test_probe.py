@@ -49,6 +49,12 @@ def tones(tmp_path_factory):
     return make_tone_task(tmp_path_factory.mktemp("tones"))
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One feature cache for the module: the tone features are extracted once, not per test."""
+    return tmp_path_factory.mktemp("feature-cache")
+
+
 RECORD_KEYS = {"model", "task", "metric", "value", "dev_value", "higher_is_better", "seed", "layer_weights", "config",
                "task_version", "package_version", "git_hash", "fingerprint", "best_epoch", "num_utterances"}
 
@@ -77,8 +83,8 @@ def test_every_head_type_on_lite_quick(tmp_path, lite_quick):
     assert rep["summary"].exists() and rep["plot"].exists() and "lite-asr" in rep["table"]
 
 
-def test_user_task_is_learned(tmp_path, tones):
-    rec = run_probe(make_tiny_encoder(), [tones], tmp_path, epochs=30, lr=1e-2, batch_size=8, cache_dir=tmp_path / "c",
+def test_user_task_is_learned(tmp_path, tones, cache):
+    rec = run_probe(make_tiny_encoder(), [tones], tmp_path, epochs=30, lr=1e-2, batch_size=8, cache_dir=cache,
                     progress=False)[0]
     assert rec["task"] == "tones-classify" and rec["metric"] == "accuracy"
     assert rec["value"] >= 0.9 and rec["dev_value"] >= 0.9  # low vs high tone is easy even for random features
@@ -95,8 +101,8 @@ def test_ctc_user_task_trains(tmp_path):
     assert losses[-1] < losses[0]  # the CTC loss goes down
 
 
-def test_deterministic_for_a_seed(tmp_path, tones):
-    kw = dict(epochs=5, cache_dir=tmp_path / "c", progress=False)
+def test_deterministic_for_a_seed(tmp_path, tones, cache):
+    kw = dict(epochs=5, cache_dir=cache, progress=False)
     a = run_probe(make_tiny_encoder(), [tones], tmp_path / "a", seeds=(0, 1), **kw)
     b = run_probe(make_tiny_encoder(), [tones], tmp_path / "b", seeds=(0, 1), **kw)
     for x, y in zip(a, b):
@@ -105,20 +111,20 @@ def test_deterministic_for_a_seed(tmp_path, tones):
     assert a[0]["layer_weights"] != a[1]["layer_weights"]  # another seed is another run
 
 
-def test_rerun_resumes_and_same_weights_under_new_name_are_reused(tmp_path, tones):
-    kw = dict(epochs=2, cache_dir=tmp_path / "c", progress=False)
+def test_rerun_resumes_and_same_weights_under_new_name_are_reused(tmp_path, tones, cache):
+    kw = dict(epochs=2, cache_dir=cache, progress=False)
     first = run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="m0", **kw)
     again = run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="m0", **kw)
     assert again == first and len(read_jsonl(tmp_path / "results.jsonl")) == 1
     alias = run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="alias", **kw)
     assert alias[0]["reused_from"] == "m0" and alias[0]["value"] == first[0]["value"]
-    other = run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="m0", epochs=3, cache_dir=tmp_path / "c",
+    other = run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="m0", epochs=3, cache_dir=cache,
                       progress=False)  # another protocol is another run
     assert other[0]["config"]["epochs"] == 3 and len(read_jsonl(tmp_path / "results.jsonl")) == 3
 
 
-def test_fbank_baseline_gives_the_score_its_zero(tmp_path, tones):
-    kw = dict(epochs=10, cache_dir=tmp_path / "c", progress=False)
+def test_fbank_baseline_gives_the_score_its_zero(tmp_path, tones, cache):
+    kw = dict(epochs=10, cache_dir=cache, progress=False)
     run_probe("fbank", [tones], tmp_path, **kw)
     run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="tiny", **kw)
     rows = {r["model"]: r for r in score_table(read_jsonl(tmp_path / "results.jsonl"))}
@@ -132,12 +138,12 @@ def test_fbank_baseline_gives_the_score_its_zero(tmp_path, tones):
         assert rows["tiny"]["score"] is None and rows["tiny"]["missing"]
 
 
-def test_cli_user_task_writes_results_summary_and_plot(tmp_path, tones, tiny_model_dir):
+def test_cli_user_task_writes_results_summary_and_plot(tmp_path, tones, tiny_model_dir, cache):
     train, dev, test = tones.manifests
     res = CliRunner().invoke(app, [
         "probe", "--model", str(tiny_model_dir), "--task-manifests", f"{train},{dev},{test}", "--task-type", "classify",
         "--task-name", "tones", "--target-field", "label", "--out", str(tmp_path / "out"), "--epochs", "3",
-        "--cache-dir", str(tmp_path / "c")])
+        "--cache-dir", str(cache)])
     assert res.exit_code == 0, res.output
     rec = read_jsonl(tmp_path / "out" / "results.jsonl")[0]
     assert rec["task"] == "tones" and rec["model"] == str(tiny_model_dir)

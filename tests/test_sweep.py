@@ -158,12 +158,32 @@ def test_select_rule_parsing_errors():
             parse_rule(spec)
 
 
+def tone_task(root, n=(12, 6, 6), seed=0):
+    """A generated two-class task: a low (250 Hz) or high (1500 Hz) tone of 0.3–0.6 s."""
+    import numpy as np
+
+    from speechft.data import Utterance, write_audio, write_manifest
+    from speechft.tasks import user_task
+
+    rng, sr, paths = np.random.default_rng(seed), 16000, []
+    for split, count in zip(("train", "dev", "test"), n):
+        rows = []
+        for i in range(count):
+            label = ("low", "high")[i % 2]
+            t = np.arange(int(rng.uniform(0.3, 0.6) * sr)) / sr
+            wav = (0.3 * np.sin(2 * np.pi * (250.0 if label == "low" else 1500.0) * t)
+                   + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+            write_audio(root / f"{split}{i}.wav", wav)
+            rows.append(Utterance(id=f"{split}{i}", audio=str(root / f"{split}{i}.wav"), duration=len(t) / sr,
+                                  label=label))
+        paths.append(write_manifest(root / f"{split}.jsonl", rows))
+    return user_task("tones", tuple(paths), "classify", "label")
+
+
 def test_sweep_with_real_probe_on_tiny_model(pair, tmp_path):
     """End to end: the real probe harness on a generated two-tone task."""
-    from test_probe import make_tone_task
-
     m0, m1 = pair
-    task = make_tone_task(tmp_path / "tones", n=(12, 6, 6))
+    task = tone_task(tmp_path / "tones")
     res = run_sweep(str(m0), [str(m1)], [0, 0.5, 1], [task], tmp_path / "real", epochs=2,
                     cache_dir=str(tmp_path / "cache"), select="mean-normalized")
     recs = read_jsonl(tmp_path / "real" / "sweep.jsonl")

@@ -15,6 +15,7 @@ Output folder::
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -69,7 +70,7 @@ def finetune(model: Optional[str], task: Union[str, Task, None], out_dir: str | 
     # Under `accelerate launch` / `torchrun` this joins the process group; alone it is one process.
     # find_unused_parameters: in the head-only phase the encoder is outside the autograd graph, so
     # DDP must not wait for its gradients (they stay None and Adam skips those parameters).
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=_multi_cpu(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     run["world_size"] = accelerator.num_processes
     if accelerator.is_main_process:
@@ -94,6 +95,13 @@ def finetune(model: Optional[str], task: Union[str, Task, None], out_dir: str | 
         save_run_config(out / "config.yaml", cfg, run)
     accelerator.wait_for_everyone()
     return out
+
+
+def _multi_cpu() -> bool:
+    """Several processes without GPUs (e.g. ``torchrun --nproc_per_node 2`` on CPU): Accelerate only
+    forms a gloo process group when told to run on the CPU."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
+    return launched and not torch.cuda.is_available()
 
 
 def _mixed_precision(mode: str) -> str:

@@ -75,13 +75,20 @@ def _read_header(path: Path) -> dict[str, TensorSpec]:
             header = json.loads(f.read(n))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    specs = {}
+    specs, end = {}, 0
     for key, info in header.items():
         if key == "__metadata__":
             continue
         if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES:
             raise ValueError(f"{path}: tensor {key!r} has an unsupported entry {info!r}")
         specs[key] = TensorSpec(key, info["dtype"], tuple(int(s) for s in info["shape"]))
+        begin, stop = info.get("data_offsets", (0, -1))
+        if stop - begin != specs[key].nbytes:
+            raise ValueError(f"{path}: tensor {key!r} has {stop - begin} bytes for shape {list(specs[key].shape)}")
+        end = max(end, stop)
+    size = path.stat().st_size
+    if size < 8 + n + end:
+        raise ValueError(f"{path}: truncated or corrupt checkpoint file ({size} bytes, header says {8 + n + end})")
     return specs
 
 
@@ -129,8 +136,11 @@ class SafetensorsDir:
         """One tensor, copied out of a handle that is closed again (see the module docstring)."""
         from safetensors import safe_open
 
-        with safe_open(str(self.files[key]), framework="pt") as f:
-            return f.get_tensor(key)
+        try:
+            with safe_open(str(self.files[key]), framework="pt") as f:
+                return f.get_tensor(key)
+        except Exception as e:  # SafetensorError is not an OSError/ValueError
+            raise ValueError(f"{self.files[key]}: cannot read tensor {key!r} ({e})") from None
 
 
 class MemorySource:

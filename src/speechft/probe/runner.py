@@ -231,7 +231,7 @@ def run_probe(
             torch.manual_seed(seed)
             head = build_head(task, encoder.hidden_size, num_states, vocab, layer_sum=True)
             res = train_head(head, task, vocab, sources, targets, refs, cfg, seed, encoder.frame_rate,
-                             progress=progress, desc=f"{task.name} seed {seed}")
+                             progress=progress, desc=f"{task.name} seed {seed}", device=device)
             rec = {
                 "schema_version": SCHEMA_VERSION,
                 "model": name,

@@ -170,7 +170,7 @@ def count_batches(n: int, batch_size: int, rng: Optional[np.random.Generator]) -
 # -- evaluation --------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(head, task, vocab, source, targets: Sequence, refs: Optional[Sequence[str]], cfg: ProbeConfig,
-             frame_rate: float, pooled: bool) -> float:
+             frame_rate: float, pooled: bool, device: str = "cpu") -> float:
     """The task metric of ``head`` on one split (error rate as a fraction, or accuracy)."""
     head.eval()
     if pooled:
@@ -179,7 +179,7 @@ def evaluate(head, task, vocab, source, targets: Sequence, refs: Optional[Sequen
         batches = frame_batches(source.lengths, cfg.batch_seconds * frame_rate, None)
     preds: list = [None] * len(source)
     for idx in batches:
-        states, frame_lens = source.inputs(idx, pooled)
+        states, frame_lens = _to(source.inputs(idx, pooled), device)
         out = head.predict(head(states, frame_lens), frame_lens)
         for i, p in zip(idx, out):
             preds[i] = p
@@ -212,7 +212,8 @@ def _better(a: float, b: Optional[float], higher: bool) -> bool:
 
 
 def train_head(head, task, vocab, sources: dict, targets: dict, refs: dict, cfg: ProbeConfig, seed: int,
-               frame_rate: float, pooled: Optional[bool] = None, progress: bool = True, desc: str = "probe") -> dict:
+               frame_rate: float, pooled: Optional[bool] = None, progress: bool = True, desc: str = "probe",
+               device: str = "cpu") -> dict:
     """Train ``head`` on ``sources["train"]``; select on dev each epoch; return the test result.
 
     ``targets[split]`` are the encoded targets per utterance (token-id lists, class indices, slot
@@ -222,11 +223,19 @@ def train_head(head, task, vocab, sources: dict, targets: dict, refs: dict, cfg:
     pooled = uses_pooled(task) and isinstance(sources["train"], CachedSource) if pooled is None else pooled
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    with _intra_op_threads(1 if pooled else None):
-        return _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pooled, progress, desc)
+    head.to(device)
+    with _intra_op_threads(1 if pooled and device == "cpu" else None):
+        return _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pooled, progress, desc, device)
 
 
-def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pooled, progress, desc) -> dict:
+def _to(batch, device: str):
+    states, frame_lens = batch
+    if device == "cpu":
+        return states, frame_lens
+    return [s.to(device, non_blocking=True) for s in states], frame_lens.to(device)
+
+
+def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pooled, progress, desc, device) -> dict:
     from tqdm.auto import tqdm
 
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
@@ -243,7 +252,7 @@ def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pool
             batches = frame_batches(train_src.lengths, cfg.batch_seconds * frame_rate, rng)
         total, units = 0.0, 0
         for idx in batches:
-            states, frame_lens = train_src.inputs(idx, pooled)
+            states, frame_lens = _to(train_src.inputs(idx, pooled), device)
             tgt = [train_tgt[i] for i in idx]
             logits = head(states, frame_lens)
             n = max(1, head.num_units(tgt))
@@ -256,14 +265,14 @@ def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pool
             opt.step()
             total += float(loss.detach()) * n
             units += n
-        dev = evaluate(head, task, vocab, sources["dev"], targets["dev"], refs.get("dev"), cfg, frame_rate, pooled)
+        dev = evaluate(head, task, vocab, sources["dev"], targets["dev"], refs.get("dev"), cfg, frame_rate, pooled, device)
         history.append({"epoch": epoch + 1, "train_loss": total / max(units, 1), "dev": dev})
         if _better(dev, best, higher):
             best, best_epoch, best_state = dev, epoch + 1, copy.deepcopy(head.state_dict())
         bar.set_postfix(loss=f"{total / max(units, 1):.3f}", dev=f"{dev:.4f}")
     bar.close()
     head.load_state_dict(best_state)
-    test = evaluate(head, task, vocab, sources["test"], targets["test"], refs.get("test"), cfg, frame_rate, pooled)
+    test = evaluate(head, task, vocab, sources["test"], targets["test"], refs.get("test"), cfg, frame_rate, pooled, device)
     return {
         "value": test,
         "dev_value": best,
