@@ -10,7 +10,8 @@ holds finished stages would skip them), then reads the stage timings the pipelin
 already prepared in the data home ($SPEECHFT_HOME) is reused: the ``prepare`` stage then only checks
 it; pass ``--fresh-data`` to time the synthesis too (a temporary data home).
 
-Appends one JSON record to benchmarks/results/e2e.jsonl with the machine description.
+Appends one JSON record to benchmarks/results/e2e.jsonl with the machine description (finished
+runs only; a run that fails prints the stages it finished and the end of its log).
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="default sizes instead of --quick")
     p.add_argument("--out", type=Path, default=None, help="output folder (must not exist; default: temporary)")
+    p.add_argument("--model", default=None, help="pre-trained model reference passed to reproduce "
+                   "(default: its own default, the shipped speechft-tiny)")
     p.add_argument("--fresh-data", action="store_true", help="use an empty data home, so data synthesis is timed")
     p.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to the results file")
@@ -85,7 +88,8 @@ def main(argv=None) -> int:
     env = {**os.environ, "SPEECHFT_LOG": os.environ.get("SPEECHFT_LOG", "INFO")}
     if args.fresh_data:
         env["SPEECHFT_HOME"] = str(tmp / "home")
-    cmd = [sys.executable, "-m", "speechft.cli", "reproduce", "--out", str(out)] + ([] if args.full else ["--quick"])
+    cmd = [sys.executable, "-m", "speechft.cli", "reproduce", "--out", str(out)] + ([] if args.full else ["--quick"]) \
+        + (["--model", args.model] if args.model else [])
     print("$ " + " ".join(cmd[2:]), flush=True)
     log = tmp / "reproduce.log"
     t0 = time.perf_counter()
@@ -101,17 +105,20 @@ def main(argv=None) -> int:
         tail = log.read_text(errors="replace").splitlines()[-25:]
         print(f"\nreproduce did not finish (exit {rc}); last lines of {log}:\n" + "\n".join(tail), file=sys.stderr)
     rec = {"bench": "e2e", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
-           "mode": "full" if args.full else "quick", "fresh_data": args.fresh_data, "exit": rc,
+           "mode": "full" if args.full else "quick", "model": args.model or "speechft-tiny",
+           "fresh_data": args.fresh_data,
            "wall_s": round(wall, 1), "stages": {r["stage"]: r["seconds"] for r in stages},
            "sum_of_stages_s": round(sum(r["seconds"] for r in stages), 1)}
+    if rc != 0:  # an unfinished run is not a measurement: nothing is recorded
+        return 1
     if not args.no_record:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with open(RESULTS, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"record appended to {RESULTS}")
-    if args.out is None and rc == 0:
+    if args.out is None:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if rc == 0 else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -198,13 +198,18 @@ def run_trainer(args, data, batch_size: int, device: str, work: Path) -> dict:
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
+        """Time between the ends of consecutive steps: data loading, forward, backward, optimizer
+        and Trainer's own bookkeeping, as speechft's ``elapsed_s`` differences measure it."""
+
+        def on_train_begin(self, a, state, control, **kw):
             self.t = time.perf_counter()
 
         def on_step_end(self, a, state, control, **kw):
             if device == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t)
+            now = time.perf_counter()
+            times.append(now - self.t)
+            self.t = now
 
     config = tiny_config(vocab_size=len(vocab), pad_token_id=0, ctc_loss_reduction="sum",
                          ctc_zero_infinity=True)
@@ -222,8 +227,7 @@ def run_trainer(args, data, batch_size: int, device: str, work: Path) -> dict:
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    # on_step_begin fires before the batch is fetched, so data loading is inside each step time
-    timed = times[1:]
+    timed = times[1:]  # the first step is warm-up
     padded, total = map(sum, zip(*pads[1:len(times)]))
     return {"samples_per_s": batch_size * len(timed) / sum(timed), "step_s": sum(timed) / len(timed),
             "pad_fraction": padded / total, "wall_s": wall, "steps_timed": len(timed)}

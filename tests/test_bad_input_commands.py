@@ -226,12 +226,6 @@ def _finetune_args(corpus, model_dir, out: Path, *extra):
             "--task-type", "classify", "--target-field", "label", "--out", out, "--steps", "2", *extra]
 
 
-def _finetune_cli_ready() -> bool:
-    from speechft.commands import finetune as cmd
-
-    return "not available yet" not in (cmd.command.__doc__ or "")
-
-
 def test_finetune_refuses_bad_rows_before_training(corpus, tiny_model_dir, tmp_path):
     from speechft.finetune import finetune
     from speechft.tasks import user_task
@@ -257,8 +251,6 @@ def test_finetune_skip_bad_trains_on_good_rows_and_counts_the_skipped(corpus, ti
 
 
 def test_finetune_cli_refuses_or_skips_bad_rows(corpus, tiny_model_dir, tmp_path, caplog):
-    if not _finetune_cli_ready():
-        pytest.fail("`speechft finetune` is still a placeholder: the command has to exist for this test")
     manifest = corpus[0]
     res = _cli(_finetune_args(corpus, tiny_model_dir, tmp_path / "a"))
     assert res.exit_code == 2, res.output

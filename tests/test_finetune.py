@@ -61,6 +61,29 @@ def test_tri_stage_shape():
 
 
 # -- stable fine-tuning --------------------------------------------------------------------------
+def test_head_only_forward_leaves_encoder_grads_none_even_with_weight_decay():
+    from conftest import make_tiny_encoder, sine
+    from speechft.finetune.model import SpeechFTModel
+    from speechft.models.heads import PoolClassifier
+
+    enc = make_tiny_encoder()
+    net = SpeechFTModel(enc, PoolClassifier(32, 3)).train()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=0.1)
+    wav = torch.from_numpy(sine(0.5)).repeat(2, 1)
+    for _ in range(2):
+        logits, lens = net(wav, torch.tensor([8000, 6000]), train_encoder=False)
+        net.head.loss(logits, lens, [0, 2]).backward()
+        assert all(p.grad is None for p in enc.parameters())
+        assert all(p.grad is not None for p in net.head.parameters())
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    logits, lens = net(wav, torch.tensor([8000, 6000]), train_encoder=True)
+    net.head.loss(logits, lens, [0, 2]).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.model.encoder.parameters())
+
+
 @pytest.fixture(scope="module")
 def stable_run(tmp_path_factory, tiny_model_dir, lite_quick):
     """Stable FT, 10 steps with beta 0.3 (3 head-only steps), a checkpoint after every step."""
@@ -219,6 +242,9 @@ def test_config_errors(tmp_path):
         FinetuneConfig(warmup_frac=0.5, hold_frac=0.5, decay_frac=0.5)
     with pytest.raises(ValueError, match="beta"):
         FinetuneConfig(beta=1.5)
+    from conftest import PROJECT
+
+    assert load_config(PROJECT / "configs" / "finetune-stable.yaml") == FinetuneConfig()  # the file documents the defaults
 
 
 def test_bad_recipe_and_fbank_are_clear_errors(tmp_path, tiny_model_dir, lite_quick):
@@ -239,13 +265,16 @@ def test_cli_user_classify_task(tiny_model_dir, tmp_path, lite_quick, caplog):
     with caplog.at_level(logging.INFO):
         res = CliRunner().invoke(app, ["finetune", "--model", str(tiny_model_dir), "--task", "my-ks",
                                        "--task-manifests", manifests, "--task-type", "classify", "--out", str(out),
-                                       "--steps", "3", "--batch-seconds", "8", "--recipe", "stable"])
+                                       "--steps", "3", "--batch-seconds", "8", "--recipe", "stable",
+                                       "--select", "best"])
     assert res.exit_code == 0, res.output
     assert "encoder:" in res.output and (out / "encoder" / "config.json").exists()
     dev = records(out, "dev")
     assert 0.0 <= dev[-1]["accuracy"] <= 1.0
     saved = (out / "config.yaml").read_text()
     assert "task_def" in saved and "my-ks" in saved
+    assert (out / "best" / "encoder" / "config.json").exists()  # select=best keeps the best dev pair
+    assert json.loads((out / "encoder" / "speechft_card.json").read_text())["selected"] == "best"
     try:
         import tensorboard  # noqa: F401
     except ImportError:

@@ -119,6 +119,18 @@ def test_head_logits_are_scaled_cosines():
     assert logits.abs().max() <= 10.0 + 1e-4
 
 
+def test_prepare_encoder_adds_mask_embedding_on_a_copied_config():
+    from speechft.models.io import build_model_from_config, tiny_config
+    from speechft.pretrain.model import prepare_encoder
+
+    cfg = tiny_config(**SMALL_MODEL)  # mask_time_prob = 0: transformers creates no masked_spec_embed
+    model = build_model_from_config(cfg)
+    assert getattr(model, "masked_spec_embed", None) is None
+    prepare_encoder(model, seed=0)
+    assert model.masked_spec_embed.shape == (32,) and model.config.mask_time_prob > 0
+    assert cfg.mask_time_prob == 0.0  # the caller's config object is untouched
+
+
 # -- end to end ---------------------------------------------------------------------------------
 def test_pretrain_learns_and_saves_a_clean_encoder(trained):
     from safetensors import safe_open

@@ -105,7 +105,8 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False) ->
                    outputs=(rdir / "encoder" / "config.json",))
 
     merged = out / "models" / "speech-ft"
-    stages.run("merge", lambda: merge_models(cfg.model, [ft_dir / "stable" / "encoder"], merged, alpha=cfg.alpha),
+    stages.run("merge", lambda: merge_models(cfg.model, [str(ft_dir / "stable" / "encoder")], merged, alpha=cfg.alpha,
+                                             overwrite=True),
                outputs=(merged / "config.json",))
 
     models = {FBANK: "fbank", PRETRAINED: cfg.model, REGULAR: str(ft_dir / "regular" / "encoder"),
@@ -124,11 +125,12 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False) ->
 
     sweep_tasks = [t for t in cfg.sweep_tasks if t in tasks]
     if sweep_tasks and cfg.sweep_alphas:
-        from .merge.sweep import sweep
+        from .merge.sweep import run_sweep
 
-        stages.run("sweep", lambda: sweep(cfg.model, [ft_dir / "stable" / "encoder"], out / "sweep",
-                                          alphas=cfg.sweep_alphas, tasks=sweep_tasks, size=cfg.size,
-                                          fsdd_root=cfg.fsdd, epochs=cfg.probe_epochs, limit=cfg.probe_limit))
+        stages.run("sweep", lambda: run_sweep(cfg.model, [str(ft_dir / "stable" / "encoder")], cfg.sweep_alphas,
+                                              sweep_tasks, out / "sweep", size=cfg.size, fsdd_root=cfg.fsdd,
+                                              seeds=tuple(range(cfg.seeds)), epochs=cfg.probe_epochs,
+                                              limit=cfg.probe_limit))
 
     def analysis():
         from .analysis.run import analyze

@@ -59,7 +59,7 @@ def finetune(model: Optional[str], task: Union[str, Task, None], out_dir: str | 
     out = Path(out_dir)
     check_writable(out)
     run, cfg = _resolve(out, model, task, recipe, steps, config, resume, quick, overrides,
-                        size="quick" if quick else size, fsdd_root=fsdd_root, skip_bad=skip_bad)
+                        size="quick" if quick else size, fsdd_root=fsdd_root, skip_bad=skip_bad, command=command)
     task_obj = _task_from_run(run, task)
     if run.get("finished") and resume and (out / "encoder" / "config.json").exists():
         log.info("%s: this run already finished (%d steps); nothing to do", out, cfg.steps)
@@ -125,11 +125,12 @@ def _model_ref(model) -> str:
     return str(p.resolve()) if p.is_dir() else str(model)
 
 
-def _run_record(model: str, task: Union[str, Task], recipe: str, size: str, fsdd_root, skip_bad: bool) -> dict:
+def _run_record(model: str, task: Union[str, Task], recipe: str, size: str, fsdd_root, skip_bad: bool,
+                command: Optional[str]) -> dict:
     t = task if isinstance(task, Task) else get_task(str(task))
     run = {"model": _model_ref(model), "task": t.name, "recipe": recipe, "size": size,
            "fsdd_root": str(fsdd_root) if fsdd_root else None, "skip_bad": bool(skip_bad),
-           "command": " ".join(["speechft", *sys.argv[1:]]) if sys.argv and "speechft" in sys.argv[0] else None}
+           "command": command or (" ".join(["speechft", *sys.argv[1:]]) if "speechft" in sys.argv[0] else None)}
     if t.corpus == "user":
         run["task_def"] = {"name": t.name, "kind": t.kind, "target_field": t.target_field, "metric": t.metric,
                            "manifests": list(t.manifests)}
@@ -137,7 +138,7 @@ def _run_record(model: str, task: Union[str, Task], recipe: str, size: str, fsdd
 
 
 def _resolve(out: Path, model, task, recipe, steps, config, resume, quick, overrides, *, size, fsdd_root,
-             skip_bad) -> tuple[dict, FinetuneConfig]:
+             skip_bad, command) -> tuple[dict, FinetuneConfig]:
     """``(run, cfg)``: from the saved config.yaml when resuming, else from the arguments."""
     ckpt = latest_checkpoint(out)
     if resume and ckpt is not None:
@@ -176,10 +177,10 @@ def _resolve(out: Path, model, task, recipe, steps, config, resume, quick, overr
     else:
         cfg = load_config(config, base=QUICK if quick else None, **overrides, steps=steps)
     knobs = resolved_knobs(rec, cfg)
-    run = _run_record(model, task, rec.name, size, fsdd_root, skip_bad)
+    run = _run_record(model, task, rec.name, size, fsdd_root, skip_bad, command)
     run.update(knobs, head_only_steps=head_only_steps(cfg.steps, knobs["beta"]))
     if (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a run that died before its first checkpoint: start clean
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a run that died before its first checkpoint: start clean
     return run, cfg
 
 

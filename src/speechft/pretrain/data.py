@@ -147,7 +147,7 @@ def make_batch(store: AudioStore, labels: Sequence[np.ndarray], idx: Sequence[in
     return {"wav": wav, "wav_lens": torch.tensor([p[0].shape[0] for p in pieces]), "targets": tgt}
 
 
-def generate_quick_audio(out_dir: str | Path, num: int = 48, seconds: float = 2.0, seed: int = 0) -> Path:
+def generate_quick_audio(out_dir: str | Path, num: int = 32, seconds: float = 2.0, seed: int = 0) -> Path:
     """Write ``num`` speech-like utterances (voiced harmonics through moving formants, noise bursts,
     pauses) and their manifest; used by ``--quick`` when no manifest is given. Returns the manifest."""
     from ..data.audio import write_audio

@@ -108,7 +108,8 @@ def masked_prediction_loss(model: nn.Module, head: PretrainHead, batch: dict, ma
     m_sel, u_sel = mask & valid, ~mask & valid
     logits_m = head(h[m_sel])
     loss = F.cross_entropy(logits_m, targets[m_sel])
-    stats = {"masked_frames": int(m_sel.sum()), "masked_correct": int((logits_m.argmax(-1) == targets[m_sel]).sum())}
+    stats = {"masked_frames": int(m_sel.sum()), "masked_correct": int((logits_m.argmax(-1) == targets[m_sel]).sum()),
+             "masked_loss": float(loss.detach())}
     if cfg.unmasked_weight > 0 and u_sel.any():
         logits_u = head(h[u_sel])
         loss = loss + cfg.unmasked_weight * F.cross_entropy(logits_u, targets[u_sel])

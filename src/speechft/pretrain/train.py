@@ -92,7 +92,7 @@ def evaluate(model, head, store, labels, cfg, normalize: bool) -> dict:
     for idx in epoch_batches(store.seconds(), cfg.batch_seconds, cfg.max_seconds, cfg.seed, 0):
         batch = make_batch(store, labels, idx, cfg.max_seconds, None)
         loss, st = masked_prediction_loss(model, head, batch, rng, cfg, normalize)
-        tot_loss += float(loss) * st["masked_frames"]
+        tot_loss += st["masked_loss"] * st["masked_frames"]  # masked frames only, whatever unmasked_weight is
         frames += st["masked_frames"]
         correct += st["masked_correct"]
     model.train(was)

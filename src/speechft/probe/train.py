@@ -118,6 +118,8 @@ class OnlineSource:
         self.ids = [r.id for r in rows]
         self.lengths = [d * encoder.frame_rate for d in self.ds.durations()]
         self.forwards = 0
+        # The encoder keeps the thread count it has now, even inside head training's single-thread block.
+        self.threads = torch.get_num_threads()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -126,7 +128,7 @@ class OnlineSource:
         from ..data.dataset import collate
 
         batch = collate([self.ds[i] for i in idx])
-        with torch.inference_mode():
+        with torch.inference_mode(), _intra_op_threads(self.threads):
             states, frame_lens = self.encoder(batch["wav"].to(self.device), batch["wav_lens"].to(self.device))
         self.forwards += 1
         T = states[0].shape[1]
@@ -193,9 +195,11 @@ def evaluate(head, task, vocab, source, targets: Sequence, refs: Optional[Sequen
 def _intra_op_threads(n: Optional[int]):
     """Temporarily cap torch's intra-op threads (restored on exit).
 
-    Why: a pooled head's tensors are tiny ([B, L+1, F]); splitting such ops across threads only adds
-    synchronisation, and on a busy machine each op then waits for a descheduled thread (measured:
-    a [8, 32] linear took 24 ms with 2 threads under load, microseconds with 1)."""
+    Why: head training is many small ops (a pooled linear on [B, L+1, F]; a BiLSTM's per-frame
+    [B, H] recurrence). Splitting them across threads only adds synchronisation, and on a shared
+    machine every op then waits for a descheduled thread. Measured on 2 busy cores: a [8, 32] linear
+    took 24 ms with 2 threads and microseconds with 1; a BiLSTM step (27 x 110 frames, 1 x 128)
+    0.3 s with 1 thread and 0.8-5 s with 2 (3x the CPU time)."""
     if n is None:
         yield
         return
@@ -224,7 +228,7 @@ def train_head(head, task, vocab, sources: dict, targets: dict, refs: dict, cfg:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     head.to(device)
-    with _intra_op_threads(1 if pooled and device == "cpu" else None):
+    with _intra_op_threads(1 if device == "cpu" else None):
         return _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pooled, progress, desc, device)
 
 
