@@ -160,6 +160,9 @@ def test_pretrain_learns_and_saves_a_clean_encoder(trained):
     assert card["steps"] == 8 and card["final_train_loss"] == pytest.approx(train[-1]["loss"], abs=1e-4)
     for f in ("training_curve.png", "kmeans.npz", "pretrain_config.yaml", "README.md"):
         assert (enc_dir / f).exists(), f
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (enc_dir / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # shareable, not 0600
 
 
 def test_resume_is_bit_identical(audio, tmp_path):
@@ -192,6 +195,20 @@ def test_continued_pretraining_reuses_codebook_and_head(trained, audio, tmp_path
     cb = Codebook.load(tmp_path / "d/kmeans.npz")
     assert cb.source["type"] == "layer" and cb.source["layer"] == 1 and cb.centers.shape == (6, 32)
     assert "iteration 2" in res2["card"]["recipe"]
+
+
+def test_continue_from_the_shipped_model(audio, tmp_path):
+    """Unsupervised fine-tuning of `speechft-tiny`: its own codebook and head are picked up."""
+    from speechft.models.io import TINY_NAME
+    from speechft.paths import ASSETS_DIR
+
+    shipped = ASSETS_DIR / TINY_NAME
+    if not (shipped / "kmeans.npz").exists():
+        pytest.skip("shipped model not built")
+    res = pretrain(manifest=str(audio), out_dir=tmp_path / "t", init=TINY_NAME,
+                   config=small_cfg(model={}, steps=1, proj_dim=128, batch_seconds=2.0), progress=False)
+    assert Codebook.load(tmp_path / "t/kmeans.npz").hash() == Codebook.load(shipped / "kmeans.npz").hash()
+    assert res["card"]["init"] == TINY_NAME and res["card"]["num_clusters"] == 100
 
 
 def test_bad_inputs_give_clear_errors(audio, tmp_path):

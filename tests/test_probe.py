@@ -62,7 +62,7 @@ RECORD_KEYS = {"model", "task", "metric", "value", "dev_value", "higher_is_bette
 def test_every_head_type_on_lite_quick(tmp_path, lite_quick):
     enc = make_tiny_encoder()
     tasks = ["lite-pr", "lite-asr", "lite-ks", "lite-ic"]  # linear CTC, BiLSTM CTC, pooled linear, slots
-    recs = run_probe(enc, tasks, tmp_path, size="quick", limit=10, epochs=2, cache_dir=tmp_path / "cache",
+    recs = run_probe(enc, tasks, tmp_path, size="quick", limit=6, epochs=2, cache_dir=tmp_path / "cache",
                      model_name="tiny", progress=False)
     assert [r["task"] for r in recs] == tasks
     by = {r["task"]: r for r in recs}
@@ -72,7 +72,7 @@ def test_every_head_type_on_lite_quick(tmp_path, lite_quick):
     assert not by["lite-pr"]["config"]["pooled_features"]
     for r in recs:
         assert RECORD_KEYS <= set(r)
-        assert r["num_utterances"] == {"train": 10, "dev": 10, "test": 10}
+        assert r["num_utterances"] == {"train": 6, "dev": 6, "test": 6}
         assert len(r["layer_weights"]) == enc.num_layers + 1 and sum(r["layer_weights"]) == pytest.approx(1.0)
         assert np.isfinite(r["value"]) and r["value"] >= 0 and 1 <= r["best_epoch"] <= 2
         assert r["higher_is_better"] == (r["metric"] == "accuracy")
@@ -160,6 +160,9 @@ def test_cli_list_and_clear_errors(tmp_path):
     res = runner.invoke(app, ["probe", "--model", "fbank", "--task-manifests", "a.jsonl,b.jsonl,c.jsonl",
                               "--out", str(tmp_path)])
     assert res.exit_code == 2 and "a.jsonl" in res.output and "not found" in res.output
+    res = runner.invoke(app, ["probe", "--model", "fbank", "--task-manifests", "a.jsonl,b.jsonl,c.jsonl",
+                              "--task-type", "regression", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--task-type must be one of ctc, classify, slots" in res.output
     res = runner.invoke(app, ["probe", "--model", "fbank", "--out", str(tmp_path), "--seeds", "0"])
     assert res.exit_code == 2 and "--seeds" in res.output
     with pytest.raises(TypeError, match="unknown probe training option"):

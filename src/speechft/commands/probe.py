@@ -68,9 +68,18 @@ def command(
         names = split_csv(tasks)
         task_list: list = [get_task(n) for n in names]
         if task_manifests:
+            from ..data.manifest import TARGET_FIELDS
+            from ..tasks import KINDS, METRICS
+
             paths = split_csv(task_manifests)
             if len(paths) != 3:
                 raise ValueError(f"--task-manifests needs train,dev,test (3 paths), got {len(paths)}")
+            if task_type not in KINDS:
+                raise ValueError(f"--task-type must be one of {', '.join(KINDS)}, not {task_type!r}")
+            if target_field not in TARGET_FIELDS:
+                raise ValueError(f"--target-field must be one of {', '.join(TARGET_FIELDS)}, not {target_field!r}")
+            if task_metric is not None and task_metric not in METRICS:
+                raise ValueError(f"--task-metric must be one of {', '.join(METRICS)}, not {task_metric!r}")
             task_list.append(user_task(task_name, tuple(paths), task_type, target_field, metric=task_metric))
         if not task_list:
             task_list = [get_task(n) for n in default_tasks(str(fsdd) if fsdd else None)]

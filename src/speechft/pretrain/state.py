@@ -114,7 +114,8 @@ def plot_curve(metrics_path: Path, out_png: Path, title: str = "pre-training") -
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in ((axes[0], "loss", "masked-prediction loss"), (axes[1], "acc", "masked accuracy")):
         if tr:
-            ax.plot([r["step"] for r in tr], [r[key] for r in tr], label="train", lw=1)
+            k = "masked_loss" if key == "loss" and "masked_loss" in tr[0] else key  # dev loss is masked-only too
+            ax.plot([r["step"] for r in tr], [r[k] for r in tr], label="train", lw=1)
         if dv:
             ax.plot([r["step"] for r in dv], [r[key] for r in dv], "o-", label="dev", ms=3)
         ax.set_xlabel("step")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -69,6 +70,16 @@ def _build_model(cfg: PretrainConfig, init: Optional[str]):
         return prepare_encoder(model, cfg.seed), True
     enc = load_encoder(init)
     return prepare_encoder(enc.model, cfg.seed), bool(getattr(enc, "normalize_input", False))
+
+
+def _init_dir(init: Optional[str]) -> Optional[Path]:
+    """Folder of the init model (where its kmeans.npz / pretrain_head.safetensors may sit), if local."""
+    from ..models.io import TINY_NAME
+    from ..paths import ASSETS_DIR
+
+    if init is None:
+        return None
+    return ASSETS_DIR / TINY_NAME if init == TINY_NAME else Path(init).expanduser()
 
 
 def _lr_lambda(cfg: PretrainConfig):
@@ -144,7 +155,7 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
     hidden = int(model.config.hidden_size)
 
     # -- targets: the codebook is fixed for the whole run (saved before the first step) ----------
-    km_path, init_dir = out / "kmeans.npz", Path(run["init"]) if run["init"] else None
+    km_path, init_dir = out / "kmeans.npz", _init_dir(run["init"])
     source = FeatureSource(cfg.kmeans_from, cfg.kmeans_layer) if cfg.kmeans_from else FeatureSource()
     reuse_head, feats = False, []
     if km_path.exists() and resume:
@@ -180,12 +191,12 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
     np.random.seed(cfg.seed)
 
     step, epoch, bi = 0, 0, 0
-    win = {"loss": 0.0, "frames": 0, "correct": 0, "n": 0, "gnorm": 0.0}  # running sums of one log window
+    win = {"loss": 0.0, "mloss": 0.0, "frames": 0, "correct": 0, "n": 0, "gnorm": 0.0}  # running sums of one log window
     metrics = out / "metrics.jsonl"
     if resume:
         st = load_checkpoint(out / CHECKPOINT, model=model, head=head, optimizer=opt, scheduler=sched, rngs=rngs)
         step, epoch, bi = st["step"], st["epoch"], st["batch"]
-        win = st["extra"].get("window", win)  # a log window cut by the interruption continues
+        win = {**win, **st["extra"].get("window", {})}  # a log window cut by the interruption continues
         truncate_metrics(metrics, step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", out / CHECKPOINT, step, epoch, bi)
     elif metrics.exists():
@@ -217,6 +228,7 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
         sched.step()
         step += 1
         win["loss"] += loss.item() * stats["masked_frames"]
+        win["mloss"] += stats["masked_loss"] * stats["masked_frames"]
         win["frames"] += stats["masked_frames"]
         win["correct"] += stats["masked_correct"]
         win["gnorm"] += gnorm
@@ -224,12 +236,13 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             last_train = {"step": step, "split": "train", "loss": win["loss"] / max(win["frames"], 1),
+                          "masked_loss": win["mloss"] / max(win["frames"], 1),
                           "acc": win["correct"] / max(win["frames"], 1), "lr": sched.get_last_lr()[0],
                           "grad_norm": win["gnorm"] / win["n"], "epoch": epoch, "elapsed_s": round(time.time() - t0, 1)}
             append_jsonl(metrics, last_train)
             bar.set_postfix(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['acc']:.3f}",
                             lr=f"{last_train['lr']:.1e}")
-            win = {"loss": 0.0, "frames": 0, "correct": 0, "n": 0, "gnorm": 0.0}
+            win = {"loss": 0.0, "mloss": 0.0, "frames": 0, "correct": 0, "n": 0, "gnorm": 0.0}
         if dev_store is not None and (step % dev_every == 0 or step == cfg.steps):
             last_dev = {"step": step, "split": "dev", **evaluate(model, head, dev_store, dev_labels, cfg, normalize)}
             append_jsonl(metrics, last_dev)
@@ -287,5 +300,11 @@ def save_pretrained_encoder(model, head, codebook: Codebook, cfg: PretrainConfig
         save_config(cfg, tmp / "pretrain_config.yaml")
         if (out / "training_curve.png").exists():
             shutil.copy(out / "training_curve.png", tmp / "training_curve.png")
+        # temp files/dirs are created private (0600/0700); a model folder is meant to be shared
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
     log.info("pre-trained encoder written to %s", dest)
     return dest

@@ -205,7 +205,7 @@ def run_probe(
         if not todo:
             continue
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
         rows = {s: subsample(load_rows(manifests[s], task, skip_bad), limit) for s in ("train", "dev", "test")}
         for s, rs in rows.items():
@@ -220,7 +220,7 @@ def run_probe(
             c = fcache.ensure_features(encoder, rs, folder, batch_seconds=extract_bs, device=device,
                                        desc=f"{task.name} {s} features", progress=progress)
             sources[s] = CachedSource(c, [r.id for r in rs])
-        extract_s = time.perf_counter() - t0
+        extract_s, extract_cpu = time.perf_counter() - t0, time.process_time() - c0
 
         from ..models.heads import build_head
 
@@ -229,6 +229,7 @@ def run_probe(
             import torch
 
             torch.manual_seed(seed)
+            c1 = time.process_time()
             head = build_head(task, encoder.hidden_size, num_states, vocab, layer_sum=True)
             res = train_head(head, task, vocab, sources, targets, refs, cfg, seed, encoder.frame_rate,
                              progress=progress, desc=f"{task.name} seed {seed}", device=device)
@@ -255,6 +256,9 @@ def run_probe(
                 "history": res["history"],
                 "extract_seconds": round(extract_s, 3),
                 "train_seconds": res["train_seconds"],
+                # CPU seconds of this process: comparable across runs on a shared, busy machine
+                "extract_cpu_seconds": round(extract_cpu, 3),
+                "train_cpu_seconds": round(time.process_time() - c1, 3),
                 "encoder_version": fcache.encoder_version(encoder),
                 "package_version": __version__,
                 "git_hash": git_hash(),
