@@ -91,7 +91,8 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False) ->
     recipes = ["stable", "regular"] + [b for b in cfg.baselines if b in BASELINE_NAMES]
     for recipe in recipes:
         rdir = ft_dir / recipe
-        kw = dict(recipe=recipe, steps=cfg.ft_steps, lr=cfg.ft_lr, size=cfg.size, fsdd_root=cfg.fsdd)
+        kw = dict(recipe=recipe, steps=cfg.ft_steps, lr=cfg.ft_lr, batch_seconds=cfg.ft_batch_seconds, size=cfg.size,
+                  fsdd_root=cfg.fsdd)
         if recipe == "stable":
             kw["beta"] = cfg.beta
             if "early" in cfg.baselines and cfg.early_every:

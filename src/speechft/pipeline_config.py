@@ -25,6 +25,7 @@ class ReproduceConfig:
     size: str = "default"  # lite data size: default | quick
     ft_steps: int = 400
     ft_lr: float = 1e-4
+    ft_batch_seconds: float = 16.0  # padded audio seconds per fine-tuning batch
     beta: float = 0.1
     l2sp_lambda: float = 1.0
     lora_rank: int = 8
@@ -62,7 +63,8 @@ class ReproduceConfig:
     def quick(cls, base: "ReproduceConfig") -> "ReproduceConfig":
         """The CI-sized variant: quick lite data, few steps, short probes, a coarse sweep."""
         return dataclasses.replace(
-            base, size="quick", ft_steps=min(base.ft_steps, 60), probe_epochs=base.probe_epochs or 3,
+            base, size="quick", ft_steps=min(base.ft_steps, 20), ft_batch_seconds=min(base.ft_batch_seconds, 8.0),
+            probe_epochs=base.probe_epochs or 3,
             sweep_alphas=(0.0, 0.25, 1.0), sweep_tasks=tuple(t for t in base.sweep_tasks[:2]), analysis_limit=20,
             baselines=tuple(b for b in base.baselines if b in ("l2sp",)),
         )
