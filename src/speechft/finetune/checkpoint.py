@@ -54,17 +54,31 @@ def capture_rng() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": _np_state(),
+        "python": _py_state(),
     }
+
+
+# RNG states are stored as tensors, ints and lists only, so checkpoints load with weights_only=True
+# (a checkpoint can then never run code when resumed).
+def _np_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _py_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
 
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
 
 
 def save_checkpoint(out: Path, step: int, state: dict, rng_states: list, keep: int) -> Path:
@@ -83,8 +97,8 @@ def load_checkpoint(path: Path) -> tuple[dict, list]:
     out = []
     for name in ("state.pt", "rng.pt"):
         try:
-            # Our own files; weights_only=False because they also hold plain-Python RNG states.
-            out.append(torch.load(Path(path) / name, map_location="cpu", weights_only=False))
+            # weights_only: a planted or tampered checkpoint can never run code on resume
+            out.append(torch.load(Path(path) / name, map_location="cpu", weights_only=True))
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
             raise ValueError(f"{Path(path) / name}: unreadable checkpoint ({e}); delete {path} to resume "
                              "from the one before it") from None

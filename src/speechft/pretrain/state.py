@@ -53,8 +53,8 @@ def save_checkpoint(path: Path, *, model, head, optimizer, scheduler, step: int,
 def load_checkpoint(path: Path, *, model, head, optimizer, scheduler, rngs: dict) -> dict:
     """Restore everything in place; returns ``{"step", "epoch", "batch", "extra"}``."""
     try:
-        # Our own file; weights_only=False because it also holds plain-Python RNG states.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a planted or tampered checkpoint can never run code on resume
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
         raise ValueError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
     model.load_state_dict(state["model"])

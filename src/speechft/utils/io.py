@@ -129,6 +129,8 @@ def check_writable(path: str | os.PathLike, min_free_bytes: int = 50 * 2**20) ->
     probe_dir = path
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise NotADirectoryError(f"output directory {path} cannot be created: {probe_dir} is a file, not a directory")
     if not os.access(probe_dir, os.W_OK):
         raise PermissionError(f"output directory {path} is not writable ({probe_dir} is read-only for this user)")
     free = shutil.disk_usage(probe_dir).free
