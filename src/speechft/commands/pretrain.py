@@ -20,13 +20,14 @@ def command(
     quick: bool = typer.Option(False, "--quick", help="Tiny model, few steps, generated audio when no --manifest: a smoke test."),
     kmeans_from: Optional[str] = typer.Option(None, "--kmeans-from", help="Iteration 2: cluster a layer of this model instead of MFCCs."),
     kmeans_layer: Optional[int] = typer.Option(None, "--kmeans-layer", help="Hidden-state index for --kmeans-from (0 = CNN projection)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop invalid manifest rows (counted in the log) instead of stopping with the list of every bad row."),
 ) -> None:
     """Pre-train an encoder by HuBERT masked prediction of k-means targets (or continue pre-training one)."""
     from ..pretrain import pretrain
 
     with user_errors():
         summary = pretrain(manifest=manifest, out_dir=out, dev=dev, config=config, init=init, steps=steps,
-                           resume=resume, quick=quick, kmeans_from=kmeans_from, kmeans_layer=kmeans_layer,
+                           resume=resume, quick=quick, kmeans_from=kmeans_from, kmeans_layer=kmeans_layer, skip_bad=skip_bad,
                            command=" ".join(["speechft", "pretrain"] + sys.argv[2:]))
     tr = summary.get("train") or {}
     typer.echo(f"step {summary['step']}/{summary['steps']}  loss {tr.get('loss', float('nan')):.3f}  "

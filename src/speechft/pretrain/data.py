@@ -26,13 +26,11 @@ from .mfcc import HOP, WIN, num_frames
 log = logging.getLogger(__name__)
 
 
-def read_rows(manifest: str | Path, min_seconds: float) -> list[Utterance]:
-    """Validated manifest rows (the shared validator when available; otherwise read + check on load)."""
-    try:
-        from ..data.validate import load_checked_rows
-    except ImportError:  # older data layer: read_manifest raises on malformed lines, loading names bad files
-        return read_manifest(manifest)
-    return load_checked_rows(manifest, min_seconds=min(min_seconds, 0.1))
+def read_rows(manifest: str | Path, min_seconds: float, skip_bad: bool = False) -> list[Utterance]:
+    """Validated manifest rows: every bad row is listed in one error, or skipped and counted with ``skip_bad``."""
+    from ..data.validate import load_checked_rows
+
+    return load_checked_rows(manifest, min_seconds=min(min_seconds, 0.1), skip_bad=skip_bad)
 
 
 @dataclass
@@ -53,14 +51,14 @@ class AudioStore:
         return self.audio[i].astype(np.float32) / 32767.0
 
     @classmethod
-    def load(cls, manifests, min_seconds: float = 0.5) -> "AudioStore":
+    def load(cls, manifests, min_seconds: float = 0.5, skip_bad: bool = False) -> "AudioStore":
         """Decode every row of one or more manifests (a list, or paths joined by commas)."""
         if isinstance(manifests, (str, Path)):
             manifests = [m for m in str(manifests).split(",") if m.strip()]
         manifest = ",".join(str(m) for m in manifests)
         rows, seen = [], {}
         for m in manifests:
-            part = read_rows(m, min_seconds)
+            part = read_rows(m, min_seconds, skip_bad)
             if not part:
                 raise ValueError(f"{m}: manifest has no rows")
             for r in part:

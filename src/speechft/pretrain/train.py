@@ -113,7 +113,8 @@ def evaluate(model, head, store, labels, cfg, normalize: bool) -> dict:
 def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrain", dev: Optional[str] = None,
              config=None, init: Optional[str] = None, steps: Optional[int] = None, resume: bool = False,
              quick: bool = False, kmeans_from: Optional[str] = None, kmeans_layer: Optional[int] = None,
-             stop_after: Optional[int] = None, command: Optional[str] = None, progress: bool = True) -> dict:
+             stop_after: Optional[int] = None, command: Optional[str] = None, progress: bool = True,
+             skip_bad: bool = False) -> dict:
     """Pre-train (or continue pre-training) an encoder by HuBERT masked prediction; returns a summary.
 
     ``stop_after`` stops (with a checkpoint) after that many total steps, as an interruption would.
@@ -142,15 +143,16 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _run(cfg, out, run, resume, stop_after, progress)
+        return _run(cfg, out, run, resume, stop_after, progress, skip_bad=skip_bad)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Optional[int], progress: bool) -> dict:
+def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Optional[int], progress: bool,
+         skip_bad: bool = False) -> dict:
     """Load data, build targets and model, then the loop (see the module docstring for the outputs)."""
-    train_store = AudioStore.load(run["manifest"], cfg.min_seconds)
-    dev_store = AudioStore.load(run["dev"], cfg.min_seconds) if run["dev"] else None
+    train_store = AudioStore.load(run["manifest"], cfg.min_seconds, skip_bad=skip_bad)
+    dev_store = AudioStore.load(run["dev"], cfg.min_seconds, skip_bad=skip_bad) if run["dev"] else None
     model, normalize = _build_model(cfg, run["init"])
     hidden = int(model.config.hidden_size)
 

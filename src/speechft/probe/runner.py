@@ -158,6 +158,12 @@ def run_probe(
     task_list = _resolve_tasks(tasks)
     for t in task_list:  # fail on bad training options before any long work
         default_config(t, quick=size == "quick", epochs=epochs, **options)
+    # Validate every task's data before training any: a bad file fails in seconds, not after other tasks.
+    # (The validation cache makes the second look, inside the loop, cheap.)
+    checked = {}
+    for t in task_list:
+        manifests = t.resolve_manifests(size=size, fsdd_root=fsdd_root)
+        checked[t.name] = {s: load_rows(manifests[s], t, skip_bad) for s in ("train", "dev", "test")}
     out_dir = Path(out_dir)
     check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +213,7 @@ def run_probe(
 
         t0, c0 = time.perf_counter(), time.process_time()
         manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
-        rows = {s: subsample(load_rows(manifests[s], task, skip_bad), limit) for s in ("train", "dev", "test")}
+        rows = {s: subsample(checked[task.name][s], limit) for s in ("train", "dev", "test")}
         for s, rs in rows.items():
             if not rs:
                 raise ValueError(f"task {task.name}: the {s} manifest {manifests[s]} has no usable rows")
@@ -246,6 +252,7 @@ def run_probe(
                 "higher_is_better": task.higher_is_better,
                 "seed": seed,
                 "best_epoch": res["best_epoch"],
+                "epochs_run": res["epochs_run"],
                 "layer_weights": res["layer_weights"],
                 "num_states": num_states,
                 "size": size,

@@ -43,6 +43,7 @@ class ProbeConfig:
     batch_seconds: float = 60.0  # frame-level heads: padded seconds of audio per batch
     batch_size: int = 32  # pooled heads: utterances per batch
     grad_clip: float = 1.0
+    max_steps: Optional[int] = None  # stop after the epoch that reaches this many steps (None: all epochs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +52,7 @@ class ProbeConfig:
 # Per head type, chosen on speechft-tiny features of the default lite data (docs/probe.md):
 # * pooled heads: an epoch over cached pooled vectors costs milliseconds, so many small steps are
 #   cheap; with 1e-3 / 40 epochs of 32 the SID dev accuracy was still rising (0.35), 3e-3 / 100 of 16
-#   reached 0.54.
+#   reached 0.54. A 4000-step cap keeps big train sets (FSDD: 2400 utterances) to ~27 epochs.
 # * linear CTC: SUPERB's PR learning rate (1e-2); 16-s batches give 4x the steps of 60-s ones for
 #   the same compute, which CTC needs to leave its all-blank plateau (PER 0.97 -> 0.90 at 20 epochs).
 # * BiLSTM CTC: the most expensive head (sequential recurrence), sized to the time budget: 10 epochs
@@ -60,8 +61,8 @@ class ProbeConfig:
 # Epochs keep the default suite on speechft-tiny within ~10 min on 2 CPU cores; quick mode divides
 # them by QUICK_DIVISOR.
 HEAD_DEFAULTS = {
-    "pool_linear": ProbeConfig(epochs=100, lr=3e-3, batch_size=16),
-    "slots_linear": ProbeConfig(epochs=100, lr=3e-3, batch_size=16),
+    "pool_linear": ProbeConfig(epochs=100, lr=3e-3, batch_size=16, max_steps=4000),
+    "slots_linear": ProbeConfig(epochs=100, lr=3e-3, batch_size=16, max_steps=4000),
     "linear_ctc": ProbeConfig(epochs=20, lr=1e-2, batch_seconds=16.0),
     "bilstm_ctc": ProbeConfig(epochs=10, lr=1e-3, batch_seconds=30.0),
 }
@@ -75,10 +76,11 @@ def default_config(task, quick: bool = False, epochs: Optional[int] = None, **ov
     kw = base.to_dict()
     if quick:
         kw["epochs"] = max(3, base.epochs // QUICK_DIVISOR)
-    if epochs is not None:
+    if epochs is not None:  # an explicit number of epochs is honoured exactly (no step cap)
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, not {epochs}")
         kw["epochs"] = int(epochs)
+        kw["max_steps"] = None
     unknown = set(overrides) - set(kw)
     if unknown:
         raise TypeError(f"unknown probe training option(s) {sorted(unknown)}; known: {sorted(kw)}")
@@ -94,10 +96,15 @@ def uses_pooled(task) -> bool:
 class CachedSource:
     """Features of one split read from a :class:`~speechft.probe.cache.FeatureCache`."""
 
+    # Pooled vectors of a split smaller than this are read once into RAM (lite: ~3 MB per split);
+    # bigger ones are read per batch from the memory-mapped shards.
+    POOLED_IN_RAM_BYTES = 256 * 2**20
+
     def __init__(self, cache, ids: Sequence[str]):
         self.cache = cache
         self.ids = list(ids)
         self.lengths = [cache.num_frames(u) for u in self.ids]
+        self._pooled_all: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -105,7 +112,7 @@ class CachedSource:
     def inputs(self, idx: Sequence[int], pooled: bool):
         ids = [self.ids[i] for i in idx]
         if pooled:
-            p = torch.from_numpy(self.cache.pooled(ids))  # [B, L+1, F]
+            p = self._pooled_rows(idx, ids)  # [B, L+1, F]
             return list(p[:, :, None, :].unbind(1)), torch.ones(len(ids), dtype=torch.long)
         frames = self.cache.frames(ids)  # list of [T_i, L+1, F] float16
         T = max(f.shape[0] for f in frames)
@@ -114,6 +121,16 @@ class CachedSource:
             buf[b, : f.shape[0]] = f
         x = torch.from_numpy(buf).permute(2, 0, 1, 3)  # [L+1, B, T, F]
         return list(x.unbind(0)), torch.tensor([f.shape[0] for f in frames], dtype=torch.long)
+
+
+    def _pooled_rows(self, idx: Sequence[int], ids: Sequence[str]) -> torch.Tensor:
+        if self._pooled_all is None and self.ids:
+            one = self.cache.pooled(self.ids[:1])  # [1, L+1, F] float32
+            if one.nbytes * len(self.ids) <= self.POOLED_IN_RAM_BYTES:
+                self._pooled_all = torch.from_numpy(self.cache.pooled(self.ids))
+        if self._pooled_all is not None:
+            return self._pooled_all[torch.as_tensor(list(idx), dtype=torch.long)]
+        return torch.from_numpy(self.cache.pooled(ids))
 
 
 class OnlineSource:
@@ -256,7 +273,12 @@ def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pool
     best, best_state, best_epoch, history = None, None, -1, []
     train_src, train_tgt = sources["train"], targets["train"]
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    epochs = cfg.epochs
+    if cfg.max_steps:
+        per_epoch = len(count_batches(len(train_src), cfg.batch_size, None)) if (pooled or task.kind != "ctc") \
+            else len(frame_batches(train_src.lengths, cfg.batch_seconds * frame_rate, None))
+        epochs = max(1, min(epochs, -(-cfg.max_steps // max(per_epoch, 1))))
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         head.train()
         if pooled or task.kind != "ctc":
@@ -292,6 +314,7 @@ def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pool
         "best_epoch": best_epoch,
         "layer_weights": head.layer_weights(),
         "history": history,
+        "epochs_run": epochs,
         "train_seconds": round(time.perf_counter() - t0, 3),
         "pooled_features": bool(pooled),
     }
