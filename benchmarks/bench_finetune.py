@@ -322,6 +322,10 @@ def main(argv=None) -> int:
         with open(RESULTS, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"record appended to {RESULTS}")
+    if args.work is None:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
