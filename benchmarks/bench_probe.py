@@ -91,6 +91,8 @@ def main(argv=None) -> int:
           f"test {task.metric} {res_c['value']:.4f}  dev {res_c['dev_value']:.4f}", flush=True)
 
     online = {s: OnlineSource(enc, rs) for s, rs in rows.items()}
+    for s in online:  # the same length buckets as the cached run, so both see identical batches
+        online[s].lengths = cached[s].lengths
     t0 = time.perf_counter()
     res_o = run(online)
     t_online = time.perf_counter() - t0

@@ -40,6 +40,10 @@ WARN_BYTES = 2 * 2**30  # warn before an extraction that writes more than this
 SHARD_BYTES = 128 * 2**20  # start a new shard file after this many bytes of frames
 SHARD_UTTS = 2048
 _WARNED: set = set()
+# Padded seconds of audio per extraction batch. Small batches keep the CNN's activations
+# ([B, C, 3200 x seconds]) inside the CPU cache: speechft-tiny extracted lite-pr audio 1.5x faster
+# with 8-16 s batches than with 64 s ones (2 cores; 4 s batches were slower again).
+EXTRACT_BATCH_SECONDS = 10.0
 
 
 def encoder_version(encoder) -> str:
@@ -200,7 +204,7 @@ def ensure_features(
     encoder,
     rows: Sequence[Utterance],
     folder: str | Path,
-    batch_seconds: float = 64.0,
+    batch_seconds: float = EXTRACT_BATCH_SECONDS,
     device: str = "cpu",
     desc: str = "extract",
     progress: bool = True,

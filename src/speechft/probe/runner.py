@@ -149,7 +149,7 @@ def run_probe(
     device = options.pop("device", "cpu") or "cpu"
     skip_bad = bool(options.pop("skip_bad", False))
     progress = bool(options.pop("progress", True))
-    extract_bs = float(options.pop("extract_batch_seconds", 64.0))
+    extract_bs = float(options.pop("extract_batch_seconds", fcache.EXTRACT_BATCH_SECONDS))
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
     seeds = [int(s) for s in seeds]
