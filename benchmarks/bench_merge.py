@@ -8,9 +8,16 @@ plain torch checkpoints (.pt): one "pre-trained" model and four "fine-tuned" cop
 Every measurement runs in a fresh interpreter that first imports the same modules; it reports wall time
 and its own peak RSS (Linux: VmHWM, reset after the imports; elsewhere ``resource.getrusage``). Peak RSS
 minus that of an interpreter that only imported those modules, divided by one model's size, is the
-memory ratio. The I/O floor is the time of
-plain file copies of the same bytes (read every input, write one model). Files are in the page cache
-(just written), so times are compute + memory-copy bound, not disk bound.
+memory ratio.
+
+The I/O floor is plain file copies of the same bytes on the same disk: θ₀'s file is copied to the output
+folder with ``shutil.copyfile`` (an in-kernel copy on Linux) and every other input is read through. A
+merge makes its output durable before renaming it into place (fsync, as every file the toolkit writes),
+so the floor fsyncs its copy too (``io_floor_n*``, the ``x io floor`` column); without that one fsync the
+floor measures how fast the page cache absorbs the bytes, not the disk (``io_floor_nosync_n*``, the
+``x no-fsync`` column, also recorded). Inputs are in the page cache (just written), so reading is
+memory-copy bound; writing is bound by the disk. Before every measured run the benchmark calls
+``os.sync()`` (untimed), so that no run pays for the write-back of files written before it.
 
 Results are printed and appended as one JSON record to benchmarks/results/merge.jsonl.
 """
@@ -91,7 +98,13 @@ def make_inputs(root: Path, size: str, n_ft: int, seed: int = 0) -> dict:
 
 
 def run_child(body: str) -> dict:
-    """Run ``body`` after PRELUDE in a fresh interpreter; returns its wall time and peak RSS."""
+    """Run ``body`` after PRELUDE in a fresh interpreter; returns its wall time and peak RSS.
+
+    Dirty pages left by earlier steps (the inputs just written, a previous run's output) are written
+    out first, so no run pays for another's write-back.
+    """
+    if hasattr(os, "sync"):
+        os.sync()
     code = PRELUDE + "_t = time.perf_counter()\n" + body + "\nWALL = time.perf_counter() - _t\n" + EPILOGUE
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -100,10 +113,14 @@ def run_child(body: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def io_floor_body(inputs: list[Path], out: Path) -> str:
-    return (f"import shutil\nins = {[str(p) for p in inputs]!r}\n"
+def io_floor_body(inputs: list[Path], out: Path, fsync: bool = True) -> str:
+    """Copy the first input to ``out``, read the others; with ``fsync``, make the copy durable (see above)."""
+    body = (f"import shutil\nins = {[str(p) for p in inputs]!r}\n"
             f"shutil.copyfile(ins[0], {str(out)!r})\n"
             "for p in ins[1:]:\n    f = open(p, 'rb')\n    while f.read(16 << 20): pass\n    f.close()\n")
+    if fsync:
+        body += f"fd = os.open({str(out)!r}, os.O_RDONLY)\nos.fsync(fd)\nos.close(fd)\n"
+    return body
 
 
 def stream_body(m0: Path, fts: list[Path], out: Path, method: str = "linear") -> str:
@@ -142,11 +159,12 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
         out = root / "out"  # every run writes under here; emptied after each run
         out.mkdir()
 
-        def record(name: str, r: dict, floor: float | None = None) -> None:
+        def record(name: str, r: dict, floors: tuple[float, float] | None = None) -> None:
             r = {"wall_s": round(r["wall_s"], 3), "peak_rss_mib": round(r["maxrss_mib"], 1),
                  "rss_ratio": round((r["maxrss_mib"] - base_rss) / model_mib, 3)}
-            if floor:
-                r["vs_io_floor"] = round(r["wall_s"] / floor, 2)
+            if floors:
+                r["vs_io_floor"] = round(r["wall_s"] / floors[0], 2)
+                r["vs_io_floor_nosync"] = round(r["wall_s"] / floors[1], 2)
             rec["runs"][name] = r
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
@@ -156,7 +174,9 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
             files = [inp["pretrained"] / "model.safetensors"] + [f / "model.safetensors" for f in fts]
             floor = run_child(io_floor_body(files, out / "copy.bin"))
             record(f"io_floor_n{n}", floor)
-            f = floor["wall_s"]
+            nosync = run_child(io_floor_body(files, out / "copy.bin", fsync=False))
+            record(f"io_floor_nosync_n{n}", nosync)
+            f = (floor["wall_s"], nosync["wall_s"])
             record(f"stream_linear_n{n}", run_child(stream_body(inp["pretrained"], fts, out / "merged")), f)
             if n > 1 and ties:
                 record(f"stream_ties_n{n}", run_child(stream_body(inp["pretrained"], fts, out / "merged", "ties")), f)
@@ -176,10 +196,12 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
 def summarize(rec: dict) -> str:
     lines = [f"merge benchmark: {rec['size']} ({rec['params'] / 1e6:.1f} M params, {rec['model_mib']:.0f} MiB/model), "
              f"interpreter baseline {rec['baseline_rss_mib']:.0f} MiB",
-             f"{'run':<22}{'wall s':>9}{'x io floor':>12}{'peak RSS MiB':>14}{'RSS / model':>13}"]
+             f"{'run':<22}{'wall s':>9}{'x io floor':>12}{'x no-fsync':>12}{'peak RSS MiB':>14}{'RSS / model':>13}"]
     for name, r in rec["runs"].items():
         floor = f"{r['vs_io_floor']:.2f}" if "vs_io_floor" in r else "-"
-        lines.append(f"{name:<22}{r['wall_s']:>9.2f}{floor:>12}{r['peak_rss_mib']:>14.0f}{r['rss_ratio']:>13.2f}")
+        nosync = f"{r['vs_io_floor_nosync']:.2f}" if "vs_io_floor_nosync" in r else "-"
+        lines.append(f"{name:<22}{r['wall_s']:>9.2f}{floor:>12}{nosync:>12}{r['peak_rss_mib']:>14.0f}"
+                     f"{r['rss_ratio']:>13.2f}")
     runs = rec["runs"]
     for k in [k for k in runs if k.startswith("official_n")]:
         n = k.split("_n")[1]
@@ -207,8 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     rec = measure(args.size, [int(n) for n in args.n_ft.split(",")], args.sweep_points, Path(args.workdir),
                   official=not args.no_official, ties=args.ties)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine inflates times
     rec.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"), python=platform.python_version(), torch=torch.__version__,
-               cpus=os.cpu_count(), machine=platform.machine())
+               cpus=os.cpu_count(), machine=platform.machine(), loadavg_1min_after=load)
     print(summarize(rec))
     if not args.no_record:
         from speechft.utils.io import append_jsonl

@@ -74,3 +74,15 @@ def test_cli_prepare_fsdd(fsdd_root, tmp_path):
     assert "2400 rows" in res.output and (tmp_path / "fsdd" / "test.jsonl").exists()
     res = CliRunner().invoke(app, ["prepare", "fsdd", "--root", str(tmp_path / "missing"), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "recordings" in res.output
+
+
+def test_quick_size_keeps_every_speaker_and_digit(fsdd_root, tmp_path):
+    m = fsdd.prepare(fsdd_root, tmp_path, size="quick")["fsdd"]
+    rows = {s: read_manifest(p) for s, p in m.items()}
+    assert {s: len(r) for s, r in rows.items()} == {"train": 240, "dev": 60, "test": 60}
+    takes = {"train": range(10, 14), "dev": range(5, 6), "test": range(0, 1)}
+    for split, rs in rows.items():
+        assert len({r.label for r in rs}) == 10 and len({r.speaker for r in rs}) == 6, split
+        assert all(int(Path(r.audio).stem.split("_")[2]) in takes[split] for r in rs)
+    with pytest.raises(ValueError, match="FSDD size must be one of default, quick"):
+        fsdd.prepare(fsdd_root, tmp_path / "x", size="tiny")

@@ -258,6 +258,25 @@ def test_float64_inputs_several_alphas_in_one_pass(models, tmp_path):
         assert all(torch.equal(weights(outs[0])[k], w0[k]) for k in w0)
 
 
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
+def test_several_alphas_share_the_task_sum_and_equal_separate_merges(method):
+    """merge_tensors computes Σ cᵢ·τᵢ once for several α; each result equals merge_tensor and ``fn`` bit for bit."""
+    from speechft.merge.merge import TASK_BLOCK, merge_tensors
+
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(5, TASK_BLOCK // 4 + 3, generator=g)  # > TASK_BLOCK elements, not a multiple of it
+    tuned = [base + 0.01 * torch.randn(base.shape, generator=g) for _ in range(2)]
+    m = get_method(method)
+    params = [MergeParams(alpha=a, weights=(1.0, 0.5)) for a in (0.0, 0.3, 1.0, 0.7, -0.2)]
+    for out_dtype in (torch.float32, torch.float16):
+        together = list(merge_tensors(m, params, "k", base, tuned, out_dtype))
+        for p, got in zip(params, together):
+            assert got.dtype == out_dtype and got.shape == base.shape
+            assert torch.equal(got, merge_tensor(m, p, "k", base, tuned, out_dtype)), (out_dtype, p.alpha)
+            assert torch.equal(got, m.fn(base, tuned, p).to(out_dtype)), (out_dtype, p.alpha)
+    assert torch.equal(together[0], base.half())  # α=0 is θ₀ exactly
+
+
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties"])
 def test_blockwise_merge_equals_whole_tensor(method):
     """Large tensors are merged in blocks; for deterministic methods that must not change the result."""

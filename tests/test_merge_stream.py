@@ -61,6 +61,29 @@ def test_writer_refuses_wrong_order_shape_and_missing(tmp_path):
         build_header([TensorSpec("x", "F32", (1,))] * 2)
 
 
+def test_writer_reports_a_failed_background_sync(tmp_path, monkeypatch):
+    """The kernel reports a write-back error to one sync call only: the writer's close must raise it."""
+    import errno
+    import os
+    import time
+
+    from speechft.merge import stream
+
+    def failing_sync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(stream, "SYNC_EVERY_BYTES", 1)
+    monkeypatch.setattr(os, "fdatasync", failing_sync, raising=False)
+    specs = [TensorSpec("x", "F32", (4,)), TensorSpec("y", "F32", (4,))]
+    with pytest.raises(OSError, match="w.safetensors: writing to disk failed"):
+        with StreamingSafetensorsWriter(tmp_path / "w.safetensors", specs) as w:
+            w.write("x", torch.zeros(4))
+            deadline = time.monotonic() + 10
+            while w._sync.error is None and time.monotonic() < deadline:  # the thread's sync has run
+                time.sleep(0.01)
+            w.write("y", torch.ones(4))
+
+
 def test_sharded_input_gives_the_same_merge(tmp_path):
     m0, m1 = make_tiny_encoder(seed=0), make_tiny_encoder(seed=1)
     save_encoder(m0, tmp_path / "m0")
@@ -97,6 +120,20 @@ def test_bad_input_files_are_named(tmp_path, tiny_model_dir):
     with pytest.raises(FileNotFoundError, match="no such directory"):
         merge_models(str(tmp_path / "nope"), [str(tiny_model_dir)], tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_file_truncated_after_opening_is_named_when_read(tmp_path, tiny_model_dir):
+    import shutil
+
+    d = tmp_path / "shrinks"
+    shutil.copytree(tiny_model_dir, d)
+    src = SafetensorsDir(d)  # header checked while the file was whole
+    last = max(src.offsets, key=src.offsets.get)
+    assert torch.equal(src.get(last), load_file(str(d / "model.safetensors"))[last])
+    with open(d / "model.safetensors", "r+b") as f:
+        f.truncate(src.offsets[last] + 1)
+    with pytest.raises(ValueError, match=rf"shrinks/model.safetensors: cannot read tensor '{last}' \(truncated"):
+        src.get(last)
 
 
 @pytest.mark.slow

@@ -193,6 +193,25 @@ def test_sweep_with_real_probe_on_tiny_model(pair, tmp_path):
     assert res.selection["alpha"] in (0, 0.5, 1)
 
 
+def test_sweep_reuses_records_of_identical_weights(pair, tmp_path):
+    """α=0 is θ₀ and α=1 is θ′ bit for bit: with probe_dir shared with a run that already probed both,
+    the sweep trains heads only for the α in between (records matched by weight fingerprint)."""
+    from speechft.probe import run_probe
+
+    m0, m1 = pair
+    task = tone_task(tmp_path / "tones")
+    shared, cache = tmp_path / "probe", str(tmp_path / "cache")
+    first = {name: run_probe(str(m), [task], shared, epochs=2, cache_dir=cache, model_name=name)[0]
+             for name, m in (("pre", m0), ("ft", m1))}
+    run_sweep(str(m0), [str(m1)], [0, 0.5, 1], [task], tmp_path / "sweep", epochs=2, cache_dir=cache, probe_dir=shared)
+    recs = {r["alpha"]: r for r in read_jsonl(tmp_path / "sweep" / "sweep.jsonl")}
+    by_model = {r["model"]: r for r in read_jsonl(shared / "results.jsonl")}
+    assert by_model["linear alpha=0"]["reused_from"] == "pre" and by_model["linear alpha=1"]["reused_from"] == "ft"
+    assert "reused_from" not in by_model["linear alpha=0.5"]
+    assert recs[0]["value"] == first["pre"]["value"] and recs[1]["value"] == first["ft"]["value"]
+    assert not (tmp_path / "sweep" / "probe").exists()
+
+
 def test_cli_sweep_on_tiny_model(pair, tmp_path, fsdd_root):
     from speechft.cli import app
 

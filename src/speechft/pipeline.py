@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from .pipeline_config import ReproduceConfig
 from .utils.io import append_jsonl, atomic_write_text, check_writable, read_jsonl
@@ -131,7 +131,7 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False) ->
         stages.run("sweep", lambda: run_sweep(cfg.model, [str(ft_dir / "stable" / "encoder")], cfg.sweep_alphas,
                                               sweep_tasks, out / "sweep", size=cfg.size, fsdd_root=cfg.fsdd,
                                               seeds=tuple(range(cfg.seeds)), epochs=cfg.probe_epochs,
-                                              limit=cfg.probe_limit))
+                                              limit=cfg.probe_limit, probe_dir=probe_dir))
 
     def analysis():
         from .analysis.run import analyze

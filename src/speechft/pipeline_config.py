@@ -6,11 +6,13 @@ in the quick sizes. The resolved config is saved as ``OUT/config.yaml`` next to 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
 import yaml
+
+from .utils.names import check_known_keys, read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -40,19 +42,8 @@ class ReproduceConfig:
     def load(cls, path: Optional[str | Path] = None, **overrides) -> "ReproduceConfig":
         data = {}
         if path is not None:
-            path = Path(path)
-            if not path.exists():
-                raise FileNotFoundError(f"config file {path} not found")
-            data = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}: expected a mapping of config keys")
-        known = {f.name for f in fields(cls)}
-        for k in data:
-            if k not in known:
-                import difflib
-
-                close = difflib.get_close_matches(k, known, n=1)
-                raise ValueError(f"unknown config key {k!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            data = read_yaml_mapping(path)
+        check_known_keys(data, [f.name for f in fields(cls)], str(path) if path is not None else "config")
         data.update({k: v for k, v in overrides.items() if v is not None})
         for k in ("tasks", "baselines", "sweep_alphas", "sweep_tasks"):
             if k in data and isinstance(data[k], list):

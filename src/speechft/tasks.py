@@ -8,12 +8,12 @@ import side effect; duplicate names are errors; unknown names get "did you mean"
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .data.manifest import Utterance
+from .utils.names import lookup
 
 KINDS = ("ctc", "classify", "slots")
 METRICS = {"per": False, "cer": False, "wer": False, "accuracy": True}
@@ -133,11 +133,7 @@ FSDD_TASKS = tuple(n for n, t in TASKS.items() if t.corpus == "fsdd")
 
 
 def get_task(name: str) -> Task:
-    if name in TASKS:
-        return TASKS[name]
-    close = difflib.get_close_matches(name, list(TASKS), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known tasks: {', '.join(TASKS)}"
-    raise KeyError(f"unknown task {name!r}{hint}")
+    return lookup(TASKS, name, "task", "known tasks")
 
 
 def user_task(name: str, manifests: tuple, kind: str, target_field: str, metric: Optional[str] = None) -> Task:

@@ -11,6 +11,7 @@ from ._common import split_csv, user_errors
 # Which command-line options each corpus takes (every other option is an error for it, not ignored).
 CORPUS_OPTIONS = {
     "lite": ("size", "seed", "jobs", "tasks"),
+    "fsdd": ("size",),
     "pretrain-lite": ("hours", "seed", "jobs"),
     "librispeech": ("lexicon",),
     "iemocap": ("fold",),
@@ -36,9 +37,9 @@ def command(
     root: Optional[Path] = typer.Option(None, "--root", help="Folder of the downloaded corpus (real corpora; "
                                         "fsdd defaults to $SPEECHFT_FSDD or ../shared/data/fsdd)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: $SPEECHFT_HOME/<corpus>, "
-                                       "lite quick size: $SPEECHFT_HOME/lite-quick)."),
-    quick: bool = typer.Option(False, "--quick", help="lite: the small size used by tests (same as --size quick)."),
-    size: Optional[str] = typer.Option(None, "--size", help="lite: quick or default."),
+                                       "quick size: $SPEECHFT_HOME/lite-quick, fsdd-quick)."),
+    quick: bool = typer.Option(False, "--quick", help="lite, fsdd: the small size used by tests and reproduce --quick (same as --size quick)."),
+    size: Optional[str] = typer.Option(None, "--size", help="lite, fsdd: quick or default."),
     seed: Optional[int] = typer.Option(None, "--seed", help="lite, pretrain-lite: random seed of the synthesis "
                                        "(default 0; same seed gives identical data)."),
     hours: Optional[float] = typer.Option(None, "--hours", help="pretrain-lite: hours of training audio (default 1)."),

@@ -6,7 +6,8 @@ Source: github.com/Jakobovski/free-spoken-digit-dataset, license CC BY-SA 4.0. 3
 Splits by take, the same for every speaker and digit (so fsdd-sid sees every speaker everywhere
 and fsdd-ks is a speaker-dependent digit task, as the dataset's own convention):
 test = takes 0-4 (the dataset's conventional test set), dev = takes 5-9, train = takes 10-49;
-with the full corpus that is 2,400 / 300 / 300 utterances. Audio is referenced in place by absolute
+with the full corpus that is 2,400 / 300 / 300 utterances. Size ``quick`` (smoke runs, ``reproduce
+--quick``) keeps train takes 10-13, dev take 5 and test take 0: 240 / 60 / 60, every speaker and digit. Audio is referenced in place by absolute
 path; ``duration`` and ``sample_rate`` come from the wav headers.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>[A-Za-z]+)_(?P<take>[0-9]+)
 EXPECTED_FILES = 3000
 EXPECTED_COUNTS = {"train": 2400, "dev": 300, "test": 300}
 TAKES = {"test": "0-4", "dev": "5-9", "train": "10-49"}
+SIZES = {"default": None, "quick": {"train": range(10, 14), "dev": range(5, 6), "test": range(0, 1)}}
 LICENSE = "CC BY-SA 4.0 (github.com/Jakobovski/free-spoken-digit-dataset)"
 
 
@@ -70,10 +72,16 @@ def read_recordings(root: str | Path) -> dict[str, list[Utterance]]:
     return out
 
 
-def prepare(root: Optional[str | Path], out_dir: str | Path) -> dict[str, dict[str, Path]]:
+def take_of(u: Utterance) -> int:
+    return int(u.id.rsplit("_", 1)[1])
+
+
+def prepare(root: Optional[str | Path], out_dir: str | Path, size: str = "default") -> dict[str, dict[str, Path]]:
     """Write ``out_dir/fsdd/{train,dev,test}.jsonl``; returns ``{"fsdd": {split: path}}``."""
     if root is None:
         raise FileNotFoundError("FSDD needs --root: a clone of github.com/Jakobovski/free-spoken-digit-dataset")
+    if size not in SIZES:
+        raise ValueError(f"FSDD size must be one of {', '.join(SIZES)}, not {size!r}")
     rows = read_recordings(root)
     total = sum(len(r) for r in rows.values())
     counts = {s: len(rows[s]) for s in SPLITS}
@@ -83,6 +91,9 @@ def prepare(root: Optional[str | Path], out_dir: str | Path) -> dict[str, dict[s
     for split in SPLITS:
         if not rows[split]:
             raise ValueError(f"FSDD at {root}: no recordings fall in the {split} split (takes {TAKES[split]})")
+    if SIZES[size] is not None:
+        rows = {s: [u for u in rows[s] if take_of(u) in SIZES[size][s]] for s in SPLITS}
+        counts = {s: len(rows[s]) for s in SPLITS}
     folder = Path(out_dir) / SUBSET
     with atomic_dir(folder) as tmp:
         for split in SPLITS:

@@ -26,7 +26,6 @@ interrupted run is never mistaken for a complete one; a matching stamp is a cach
 """
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import random
@@ -40,6 +39,7 @@ from ..data.audio import TARGET_SR
 from ..data.manifest import Utterance, write_manifest
 from ..utils.io import atomic_dir, atomic_write_json
 from . import espeak, text
+from ..utils.names import unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,7 @@ class _Item:
 
 
 def _did_you_mean(kind: str, name: str, known: Iterable[str]) -> str:
-    known = list(known)
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
-    return f"unknown {kind} {name!r}{hint}"
+    return unknown_name(kind, name, known)
 
 
 def voice_pool() -> list[str]:

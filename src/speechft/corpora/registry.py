@@ -6,13 +6,13 @@ audio of an existing corpus is referenced in place by absolute path).
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..paths import data_home, default_fsdd_root
+from ..utils.names import lookup
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
@@ -104,15 +104,11 @@ RECIPES: dict[str, Recipe] = _build([
 
 
 def get_recipe(name: str) -> Recipe:
-    if name in RECIPES:
-        return RECIPES[name]
-    close = difflib.get_close_matches(name, list(RECIPES), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known corpora: {', '.join(RECIPES)}"
-    raise KeyError(f"unknown corpus {name!r}{hint}")
+    return lookup(RECIPES, name, "corpus", "known corpora")
 
 
 def default_out_dir(corpus: str, size: str = "default") -> Path:
-    if corpus == "lite" and size != "default":
+    if corpus in ("lite", "fsdd") and size != "default":
         return data_home() / f"lite-{size}"
     return data_home() / corpus
 
@@ -136,7 +132,7 @@ def task_manifests(task, size: str = "default", fsdd_root: Optional[str] = None)
                     f"task {task.name} needs the Free Spoken Digit Dataset: pass --fsdd PATH or set SPEECHFT_FSDD "
                     "(a clone of github.com/Jakobovski/free-spoken-digit-dataset)"
                 )
-            _fsdd(root, out_dir)
+            _fsdd(root, out_dir, size=size)
         else:
             raise FileNotFoundError(
                 f"task {task.name}: no manifests in {folder}; run 'speechft prepare {task.corpus} --root PATH' first"

@@ -10,12 +10,13 @@ be passed back as ``--config`` (its ``run:`` section is then ignored).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import yaml
+
+from ..utils.names import check_known_keys, read_yaml_mapping
 
 # The attention and feed-forward projections of HuBERT / wav2vec 2.0 / WavLM layers.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
@@ -145,24 +146,11 @@ KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 
 def check_keys(keys, where: str) -> None:
     """Unknown config keys are errors with a "did you mean"."""
-    for k in keys:
-        if k not in KNOWN_KEYS:
-            close = difflib.get_close_matches(k, KNOWN_KEYS, n=1)
-            raise ValueError(f"{where}: unknown fine-tuning config key {k!r}"
-                             + (f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(KNOWN_KEYS)}"))
+    check_known_keys(keys, KNOWN_KEYS, where, "fine-tuning config key")
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys at the top level")
-    return data
+    return read_yaml_mapping(path)
 
 
 def load_config(path: str | Path | None = None, base: Optional[dict] = None, **overrides) -> FinetuneConfig:

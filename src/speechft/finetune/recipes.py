@@ -20,12 +20,12 @@ encoder every K steps of any recipe.
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from ..utils.names import lookup
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,7 @@ RECIPES: dict[str, Recipe] = _registry(_RECIPES)
 
 
 def get_recipe(name: str) -> Recipe:
-    if name in RECIPES:
-        return RECIPES[name]
-    close = difflib.get_close_matches(name, list(RECIPES), n=2)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown fine-tuning recipe {name!r}{hint} (known: {', '.join(RECIPES)})")
+    return lookup(RECIPES, name, "fine-tuning recipe", "known recipes")
 
 
 def resolved_knobs(recipe: Recipe, cfg) -> dict:

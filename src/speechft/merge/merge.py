@@ -3,10 +3,12 @@
     merge_models("speechft-tiny", ["ft-pr/"], "merged/", alpha=0.25)          # Speech-FT
     merge_alphas(m0, [m1], [0, 0.25, 0.5], ["a0/", "a25/", "a50/"])           # one pass, several α
 
-Inputs are read one tensor at a time and the output is written with a header-first streaming writer,
-so the peak memory is a few tensors, whatever the model size or number of inputs. Everything is
-checked (options, architectures, key sets, shapes, output location) before any output exists; outputs
-appear atomically (temporary directory + rename).
+Inputs are read one tensor at a time (into one reused buffer per input) and the output is written with a
+header-first streaming writer, so the peak memory is a few tensors, whatever the model size or number of
+inputs. Several outputs (α values) share every read, and for ``linear``/``task_arithmetic`` also
+Σ cᵢ·τᵢ: each further α costs one scaled sum per element (plus the conversions to and from float64).
+Everything is checked (options, architectures, key sets, shapes, output location) before any output
+exists; outputs appear atomically (temporary directory + rename).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..utils.io import atomic_dir, check_writable
 from .keys import KeyPlan, check_architectures, plan_keys
-from .methods import MergeMethod, MergeParams, check_params, describe, get_method
+from .methods import COMPUTE_DTYPE, MergeMethod, MergeParams, check_params, describe, exact_input, get_method, task_sum
 from .stream import SINGLE_FILE, ST_DTYPES, TORCH_TO_ST, SafetensorsDir, StreamingSafetensorsWriter, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 OUTPUT_DTYPES = {"source": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COPIED_FILES = ("preprocessor_config.json",)
 BLOCK = 1 << 16  # elements merged at once (float64 temporaries: a few MiB per input)
+TASK_BLOCK = 1 << 17  # elements at once for θ₀ + α·Σ cᵢ·τᵢ methods (three reused 1 MiB float64 buffers)
 
 
 def resolve_model_dir(ref: str) -> Path:
@@ -83,14 +86,23 @@ def tensor_seed(seed: int, key: str, block: int = 0) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def _blocks(n: int, size: int) -> Iterator[slice]:
+    return (slice(start, start + size) for start in range(0, n, size))
+
+
 def merge_tensor(method: MergeMethod, params: MergeParams, key: str, base: torch.Tensor,
                  tuned: Sequence[torch.Tensor], out_dtype: torch.dtype, stats: Optional[dict] = None) -> torch.Tensor:
-    """One merged parameter in ``out_dtype``; ``key`` (canonical name) seeds random methods.
+    """One merged parameter in ``out_dtype`` (a new tensor); ``key`` (canonical name) seeds random methods.
 
     Methods are elementwise given ``stats`` (see :mod:`.methods`), so large parameters are merged in
     blocks of :data:`BLOCK` elements: the float64 temporaries stay a few MiB whatever the tensor size.
-    Random methods draw block j's masks from a generator seeded by (seed, key, j).
+    Random methods draw block j's masks from a generator seeded by (seed, key, j). ``linear`` and
+    ``task_arithmetic`` go through :func:`merge_tensors` (same values as their ``fn``, fewer passes).
     """
+    if method.task_coeffs is not None:
+        out = next(merge_tensors(method, [params], key, base, tuned, out_dtype))
+        shared = out.numel() and any(out.data_ptr() == t.data_ptr() for t in (base, *tuned))
+        return out.clone() if shared else out
     if stats is None and method.prepare is not None:
         stats = method.prepare(base, tuned, params)
     n = base.numel()
@@ -104,6 +116,56 @@ def merge_tensor(method: MergeMethod, params: MergeParams, key: str, base: torch
         gen = torch.Generator().manual_seed(tensor_seed(params.seed, key, j)) if method.random else None
         flat_out[sl] = method.fn(flat_base[sl], [t[sl] for t in flat_tuned], params, gen, stats)
     return out
+
+
+def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: str, base: torch.Tensor,
+                  tuned: Sequence[torch.Tensor], out_dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """:func:`merge_tensor` for each of ``params_list`` in turn, sharing the work that does not depend on α.
+
+    For θ₀ + α·Σ cᵢ·τᵢ methods (``linear``, ``task_arithmetic``) the arithmetic is that of ``method.fn``,
+    in float64, in blocks of :data:`TASK_BLOCK` elements through three reused buffers, and the result is
+    converted to ``out_dtype`` as it is stored. With several α needing it, Σ cᵢ·τᵢ is computed once (one
+    float64 tensor) and each α costs a conversion and a scaled sum. Otherwise the α-independent statistics
+    (TIES thresholds) are computed once. The values are those of separate calls, bit for bit; a result
+    may share memory with an input (α=0 gives θ₀ itself): write it, do not modify it.
+    """
+    if method.task_coeffs is None:
+        stats = method.prepare(base, tuned, params_list[0]) if method.prepare else None
+        for params in params_list:
+            yield merge_tensor(method, params, key, base, tuned, out_dtype, stats)
+        return
+    n = base.numel()
+    flat_base, flat_tuned = base.reshape(-1), [t.reshape(-1) for t in tuned]
+    coeffs = [method.task_coeffs(p, len(tuned)) for p in params_list]
+    pending = [tuple(c) for c, p in zip(coeffs, params_list) if exact_input(base, tuned, c, p.alpha) is None]
+    size = min(n, TASK_BLOCK)
+    b64, d64 = torch.empty(size, dtype=COMPUTE_DTYPE), torch.empty(size, dtype=COMPUTE_DTYPE)
+    tmp = torch.empty(size, dtype=COMPUTE_DTYPE) if len(tuned) > 1 or len(pending) > 1 else None
+    shared: dict[tuple, torch.Tensor] = {}  # coefficients -> Σ cᵢ·τᵢ (float64), when several α need it
+    for p, c in zip(params_list, coeffs):
+        same = exact_input(base, tuned, c, p.alpha)
+        if same is not None:
+            yield same.to(out_dtype)
+            continue
+        delta = shared.get(tuple(c))
+        if delta is None and pending.count(tuple(c)) > 1:
+            delta = shared[tuple(c)] = torch.empty(n, dtype=COMPUTE_DTYPE)
+            for sl in _blocks(n, TASK_BLOCK):
+                k = delta[sl].numel()
+                task_sum(b64[:k].copy_(flat_base[sl]), [t[sl] for t in flat_tuned], c, delta[sl],
+                         None if tmp is None else tmp[:k])
+        out = torch.empty(base.shape, dtype=out_dtype)
+        flat_out = out.view(-1)
+        for sl in _blocks(n, TASK_BLOCK):
+            k = flat_out[sl].numel()
+            b = b64[:k].copy_(flat_base[sl])
+            if delta is None:  # one α: Σ cᵢ·τᵢ of this block, then θ₀ + α·Σ in place
+                d = task_sum(b, [t[sl] for t in flat_tuned], c, d64[:k], None if tmp is None else tmp[:k])
+                res = torch.add(b, d, alpha=p.alpha, out=d)
+            else:
+                res = torch.add(b, delta[sl], alpha=p.alpha, out=tmp[:k])
+            flat_out[sl] = res  # float64 arithmetic, stored as out_dtype (a separate copy is faster than out=)
+        yield out
 
 
 def output_specs(plan: KeyPlan, dtype: Optional[torch.dtype]) -> list[TensorSpec]:
@@ -193,22 +255,27 @@ def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_l
     with contextlib.ExitStack() as stack:
         tmps = [stack.enter_context(atomic_dir(Path(d), overwrite=True)) for d in out_dirs]
         writers = [stack.enter_context(StreamingSafetensorsWriter(t / SINGLE_FILE, specs, metadata)) for t in tmps]
+        # one read buffer per input, reused for every tensor (each is written before the next is read)
+        reads = [[s.key for s in specs]] + [[m[k] for k in plan.merged] for m in plan.maps[1:]]
+        bufs = [torch.empty(max([src.specs[k].nbytes for k in keys], default=0), dtype=torch.uint8)
+                for src, keys in zip(sources, reads)]
         bar = tqdm(specs, desc=f"merge ({method.name})", unit="tensor", disable=not progress, leave=False)
         for spec in bar:
             key = plan.canonical[spec.key]
-            base = sources[0].get(spec.key)
+            base = sources[0].get(spec.key, bufs[0])
             out_dtype = ST_DTYPES[spec.dtype]
             if key in plan.merged:
-                tuned = [s.get(m[key]) for s, m in zip(sources[1:], plan.maps[1:])]
-                # α-independent statistics (TIES thresholds) once for all outputs
-                stats = method.prepare(base, tuned, params_list[0]) if method.prepare else None
-                for params, w in zip(params_list, writers):
-                    w.write(spec.key, merge_tensor(method, params, key, base, tuned, out_dtype, stats))
-                del tuned, stats
+                tuned = [s.get(m[key], b) for s, m, b in zip(sources[1:], plan.maps[1:], bufs[1:])]
+                # α-independent work (Σ cᵢ·τᵢ, TIES thresholds) once for all outputs
+                for w, merged in zip(writers, merge_tensors(method, params_list, key, base, tuned, out_dtype)):
+                    w.write(spec.key, merged)
+                    del merged
+                del tuned
             else:
                 kept = base.to(out_dtype) if spec.is_float else base
                 for w in writers:
                     w.write(spec.key, kept)
+                del kept
             del base
         for tmp, card in zip(tmps, cards):
             write_model_files(tmp, sources, dtype, card)

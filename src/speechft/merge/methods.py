@@ -10,18 +10,22 @@ Every method has the signature ``fn(base, tuned, params, generator=None, stats=N
     returns    Tensor [*] float64
 
 Given ``stats``, every method is elementwise, so the caller may apply it to aligned flat slices of a
-large parameter (bounded memory) and get the same result. Arithmetic is in float64, so α=0 returns θ₀
-and (for one model) α=1 returns θ′ bit for bit once cast back to the source dtype. Inputs are never
-modified. τᵢ = θ′ᵢ − θ₀ is the task vector of model i.
+large parameter (bounded memory) and get the same result. Inputs are never modified. τᵢ = θ′ᵢ − θ₀ is
+the task vector of model i.
+
+Arithmetic is in float64, so α=0 returns θ₀ and (for one model) α=1 returns θ′ bit for bit once cast
+back to the source dtype. ``linear`` and ``task_arithmetic`` are θ̂ = θ₀ + α·Σ cᵢ·τᵢ (cᵢ = wᵢ/Σw, resp.
+wᵢ; their ``task_coeffs``): the caller may compute Σ cᵢ·τᵢ once (:func:`task_sum`) for several α, and
+convert to the output dtype as the result is stored (``torch.add(θ₀, Σ, alpha=α, out=...)``).
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
+from ..utils.names import lookup
 
 Tensor = torch.Tensor
 COMPUTE_DTYPE = torch.float64
@@ -50,6 +54,8 @@ class MergeMethod:
     options: tuple[str, ...]  # the MergeParams fields this method reads
     random: bool = False
     prepare: Optional[Callable[[Tensor, Sequence[Tensor], MergeParams], dict]] = None  # whole-tensor statistics
+    # methods of the form θ̂ = θ₀ + α·Σ cᵢ·τᵢ: the cᵢ (the caller may share Σ cᵢ·τᵢ between several α)
+    task_coeffs: Optional[Callable[[MergeParams, int], list[float]]] = None
 
 
 def _f64(t: Tensor) -> Tensor:
@@ -61,40 +67,60 @@ def _f64_copy(t: Tensor) -> Tensor:
     return t.to(COMPUTE_DTYPE, copy=True)
 
 
-def weighted_mean(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """Σ wᵢ tᵢ / Σ wᵢ in float64, accumulated one tensor at a time (one model: exactly t₁)."""
-    total = float(sum(weights))
-    w0 = weights[0] / total
-    acc = _f64_copy(tensors[0]) if w0 == 1.0 else _f64(tensors[0]) * w0  # one model: exactly t
-    for t, w in zip(tensors[1:], weights[1:]):
-        acc.add_(_f64(t), alpha=w / total)
-    return acc
+def linear_coeffs(p: MergeParams, n: int) -> list[float]:
+    ws = p.model_weights(n)
+    total = float(sum(ws))
+    return [w / total for w in ws]
 
 
-def weighted_task_sum(base: Tensor, tuned: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """Σ wᵢ (θ′ᵢ − θ₀) in float64, one model at a time."""
+def task_arithmetic_coeffs(p: MergeParams, n: int) -> list[float]:
+    return p.model_weights(n)
+
+
+def exact_input(base: Tensor, tuned: Sequence[Tensor], coeffs: Sequence[float], alpha: float) -> Optional[Tensor]:
+    """The input θ₀ + α·Σ cᵢ·τᵢ equals exactly, where there is one: θ₀ at α=0, θ′ for one model with α·c₁=1."""
+    if alpha == 0:
+        return base
+    if len(tuned) == 1 and alpha * coeffs[0] == 1:
+        return tuned[0]
+    return None
+
+
+def task_sum(base64: Tensor, tuned: Sequence[Tensor], coeffs: Sequence[float], out: Optional[Tensor] = None,
+             tmp: Optional[Tensor] = None) -> Tensor:
+    """Σ cᵢ·(θ′ᵢ − θ₀) = Σ cᵢ·θ′ᵢ − (Σ cᵢ)·θ₀ in float64 (into ``out``, float64, if given); ``base64`` is θ₀ in float64.
+
+    One converting copy and one scaled sum per model, one last scaled subtraction; no temporaries but
+    ``tmp`` (one more float64 tensor, with several non-float64 models).
+    """
+    out = torch.empty(base64.shape, dtype=COMPUTE_DTYPE) if out is None else out
+    out.copy_(tuned[0])
+    if coeffs[0] != 1:
+        out.mul_(coeffs[0])
+    for t, c in zip(tuned[1:], coeffs[1:]):
+        if t.dtype != COMPUTE_DTYPE:
+            tmp = torch.empty_like(out) if tmp is None else tmp
+            t = tmp.copy_(t)
+        out.add_(t, alpha=c)
+    return out.sub_(base64, alpha=float(sum(coeffs)))
+
+
+def _task_form(base: Tensor, tuned: Sequence[Tensor], coeffs: Sequence[float], alpha: float) -> Tensor:
+    same = exact_input(base, tuned, coeffs, alpha)
+    if same is not None:
+        return _f64(same)
     b = _f64(base)
-    acc = torch.zeros_like(b)
-    for t, w in zip(tuned, weights):
-        acc.add_(_f64(t) - b, alpha=w)
-    return acc
+    return torch.add(b, task_sum(b, tuned, coeffs), alpha=alpha)
 
 
 def linear(base: Tensor, tuned: Sequence[Tensor], p: MergeParams, generator=None, stats=None) -> Tensor:
     """Speech-FT: θ̂ = θ₀ + α·mean_w(θ′ᵢ − θ₀) = (1−α)·θ₀ + α·mean_w(θ′ᵢ)."""
-    if p.alpha == 0:
-        return _f64(base)
-    mean = weighted_mean(tuned, p.model_weights(len(tuned)))
-    if p.alpha == 1:
-        return mean
-    return _f64_copy(base).mul_(1.0 - p.alpha).add_(mean, alpha=p.alpha)
+    return _task_form(base, tuned, linear_coeffs(p, len(tuned)), p.alpha)
 
 
 def task_arithmetic(base: Tensor, tuned: Sequence[Tensor], p: MergeParams, generator=None, stats=None) -> Tensor:
     """θ̂ = θ₀ + α·Σ wᵢ τᵢ (task arithmetic; λᵢ = α·wᵢ)."""
-    if p.alpha == 0:
-        return _f64(base)
-    return _f64_copy(base).add_(weighted_task_sum(base, tuned, p.model_weights(len(tuned))), alpha=p.alpha)
+    return _task_form(base, tuned, task_arithmetic_coeffs(p, len(tuned)), p.alpha)
 
 
 def _magnitude(base: Tensor, t: Tensor) -> Tensor:
@@ -195,8 +221,10 @@ def _build(methods: list[MergeMethod]) -> dict[str, MergeMethod]:
 
 
 METHODS: dict[str, MergeMethod] = _build([
-    MergeMethod("linear", linear, "θ̂ = (1−α)·θ₀ + α·mean_w(θ′ᵢ) = θ₀ + α·mean_w(θ′ᵢ − θ₀)", ("alpha", "weights")),
-    MergeMethod("task_arithmetic", task_arithmetic, "θ̂ = θ₀ + α·Σ wᵢ·τᵢ", ("alpha", "weights")),
+    MergeMethod("linear", linear, "θ̂ = (1−α)·θ₀ + α·mean_w(θ′ᵢ) = θ₀ + α·mean_w(θ′ᵢ − θ₀)", ("alpha", "weights"),
+                task_coeffs=linear_coeffs),
+    MergeMethod("task_arithmetic", task_arithmetic, "θ̂ = θ₀ + α·Σ wᵢ·τᵢ", ("alpha", "weights"),
+                task_coeffs=task_arithmetic_coeffs),
     MergeMethod("ties", ties, "θ̂ = θ₀ + α·disjoint_mean_w(elect(trim(τᵢ, density)))",
                 ("alpha", "weights", "density", "majority_sign"), prepare=trim_thresholds),
     MergeMethod("dare", dare, "θ̂ = θ₀ + α·Σ wᵢ·(mᵢ⊙τᵢ)/density, mᵢ ~ Bernoulli(density)",
@@ -207,11 +235,7 @@ METHODS: dict[str, MergeMethod] = _build([
 
 
 def get_method(name: str) -> MergeMethod:
-    if name in METHODS:
-        return METHODS[name]
-    close = difflib.get_close_matches(name, list(METHODS), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known methods: {', '.join(METHODS)}"
-    raise KeyError(f"unknown merge method {name!r}{hint}")
+    return lookup(METHODS, name, "merge method", "known methods")
 
 
 def check_params(method: MergeMethod, p: MergeParams, n_models: int) -> None:

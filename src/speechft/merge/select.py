@@ -11,11 +11,11 @@ when a record has none. Ties go to the smallest α (the closest to the pre-train
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
+from ..utils.names import lookup
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,7 @@ RULES: dict[str, Rule] = _build([
 
 
 def get_rule(name: str) -> Rule:
-    if name in RULES:
-        return RULES[name]
-    close = difflib.get_close_matches(name, list(RULES), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known rules: {', '.join(RULES)}"
-    raise KeyError(f"unknown selection rule {name!r}{hint}")
+    return lookup(RULES, name, "selection rule", "known rules")
 
 
 def parse_fraction(text: str, what: str) -> float:

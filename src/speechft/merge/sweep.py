@@ -180,8 +180,13 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
               models: str = "memory", select: Optional[str] = None, size: str = "default",
               seeds: Sequence[int] = (0,), limit: Optional[int] = None, fsdd_root: Optional[str] = None,
               epochs: Optional[int] = None, cache_dir: Optional[str] = None,
-              probe_fn: Optional[Callable[..., list]] = None, plot: bool = True) -> SweepResult:
+              probe_fn: Optional[Callable[..., list]] = None, plot: bool = True,
+              probe_dir: Optional[str | Path] = None) -> SweepResult:
     """Sweep α; see the module docstring. ``tasks``: registered names or Task objects (user tasks).
+
+    ``probe_dir`` (default ``out_dir/probe``) holds the probe records; pointing it at another run's
+    probe folder lets α whose merged weights equal an already-probed model (α=0 is θ₀ bit for bit)
+    reuse that model's records instead of training the heads again (matched by weight fingerprint).
 
     ``probe_fn`` (default :func:`speechft.probe.run_probe`) is called as
     ``probe_fn(model, tasks, out_dir, seeds=, size=, fsdd_root=, limit=, model_name=, epochs=, cache_dir=)``
@@ -231,13 +236,14 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
         if probe_fn is None:
             from ..probe import run_probe as probe_fn
         names = {a: f"{m.name} alpha={alpha_label(a)}" for a in pending}
+        probe_dir = Path(probe_dir) if probe_dir is not None else out_dir / "probe"
         todo = {a: params_by_alpha[a] for a in pending}
         produced = (_memory_encoders(sources, plan, m, todo, names) if models == "memory"
                     else _disk_models(sources, plan, m, todo, out_dir))
         base = {"schema_version": SCHEMA_VERSION, "sweep_id": sid, "method": m.name,
                 "package_version": __version__, "probe": probe_opts}
         for alpha, model in produced:
-            recs = probe_fn(model, [task_objs[t] for t in pending[alpha]], out_dir / "probe", seeds=tuple(probe_opts["seeds"]), size=size,
+            recs = probe_fn(model, [task_objs[t] for t in pending[alpha]], probe_dir, seeds=tuple(probe_opts["seeds"]), size=size,
                             fsdd_root=fsdd_root, limit=limit, model_name=names[alpha], epochs=epochs,
                             cache_dir=cache_dir)
             for rec in aggregate(recs, alpha, pending[alpha], base):

@@ -13,6 +13,8 @@ from typing import Optional
 
 import yaml
 
+from ..utils.names import check_known_keys, read_yaml_mapping
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -91,19 +93,8 @@ def load_config(path: str | Path | None = None, **overrides) -> PretrainConfig:
     """Read a YAML file into a :class:`PretrainConfig`; unknown keys are errors naming the file."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        known = {f.name for f in dataclasses.fields(PretrainConfig)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        data = read_yaml_mapping(path)
+        check_known_keys(data, [f.name for f in dataclasses.fields(PretrainConfig)], str(path), "key")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return PretrainConfig(**data)

@@ -1,0 +1,71 @@
+"""Copy a `speechft reproduce` run's report and plots into docs/demo/ and refresh the README block.
+
+    python scripts/publish_report.py runs/demo            # after `make demo` (or any reproduce run)
+
+The README section between the `<!-- demo-report:start -->` / `<!-- demo-report:end -->` markers is
+replaced by the run's own results table, its plain-language summary, its stage timings and links to
+its plots: nothing in that block is written by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEST = ROOT / "docs" / "demo"
+START, END = "<!-- demo-report:start -->", "<!-- demo-report:end -->"
+
+
+def sections(md: str) -> dict[str, str]:
+    """'## Title' -> body (up to the next '## ')."""
+    parts = re.split(r"^## ", md, flags=re.M)
+    return {p.split("\n", 1)[0].strip(): p.split("\n", 1)[1].strip() if "\n" in p else "" for p in parts[1:]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="output folder of `speechft reproduce` (holds report.md)")
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = ap.parse_args(argv)
+    report = args.run / "report.md"
+    if not report.exists():
+        print(f"{report}: not found (run `speechft reproduce --out {args.run}` first)", file=sys.stderr)
+        return 2
+    md = report.read_text()
+    DEST.mkdir(parents=True, exist_ok=True)
+    for png in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md):
+        src = args.run / png
+        if src.exists():
+            (DEST / Path(png).parent).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, DEST / png)
+    (DEST / "report.md").write_text(md)
+    sec = sections(md)
+    timings = sec.get("Timings", "")
+    total = re.search(r"\*\*total\*\* \| (\d+)", timings)
+    env = sec.get("Environment", "").strip()
+    first = md.split("## Results", 1)[0].split("\n", 2)[-1].strip()
+    results = sec.get("Results", "").strip()
+    block = [START, "", first, "", results, "", "What the numbers show (written by the run from its own numbers):", "",
+             sec.get("What the numbers show", "").strip(), ""]
+    if total:
+        block += [f"Wall time {int(total.group(1)) / 60:.1f} min ({env}); per-stage timings in "
+                  "[docs/demo/report.md](docs/demo/report.md).", ""]
+    for title, rel in re.findall(r"### ([^\n]+)\n\n!\[[^\]]*\]\(([^)]+\.png)\)", md):
+        block += [f"**{title}**", "", f"![{title}](docs/demo/{rel})", ""]
+    block.append(END)
+    text = args.readme.read_text()
+    if START not in text or END not in text:
+        print(f"{args.readme}: no {START} ... {END} block to replace", file=sys.stderr)
+        return 2
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    args.readme.write_text(head + "\n".join(block) + tail)
+    print(f"README block and {DEST} refreshed from {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
