@@ -5,6 +5,7 @@ import pytest
 
 from speechft.pipeline_config import ReproduceConfig
 from speechft.report.markdown import collect, render_table, summarize, task_scores
+from speechft.utils.io import read_jsonl
 
 
 def _rec(model, task, value, metric="accuracy", hib=True, seed=0):
@@ -53,6 +54,9 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path, tiny_model_dir, lite_qui
     assert "## What the numbers show" in text and "![" in text
     assert (out / "analysis" / "analysis.jsonl").exists() and (out / "sweep" / "sweep.png").exists()
     done = (out / "stages.jsonl").read_text().count('"done"')
+    # the sweep's α=0 and α=1 are θ₀ and Stable-FT bit for bit: their probe records are reused, not retrained
+    reused = {r["model"]: r.get("reused_from") for r in read_jsonl(out / "probe" / "results.jsonl")}
+    assert reused["linear alpha=0"] == "pre-trained" and reused["linear alpha=1"] == "Stable-FT"
 
     # a rerun finds every stage done and redoes nothing
     calls = []

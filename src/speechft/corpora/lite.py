@@ -68,7 +68,7 @@ class Size:
 
 SIZES = {
     "quick": Size(40, 15, 15, 2, 6),  # for tests: seconds to make, every class still in train
-    "default": Size(600, 150, 150, 4, 10),  # for the demo: a few minutes to make, fast to probe
+    "default": Size(300, 100, 100, 4, 10),  # for the demo: sized so that `make demo` probes 5 models x 9 tasks in minutes
 }
 
 
@@ -287,7 +287,7 @@ def prepare(out_dir: str | Path, size: str = "default", seed: int = 0, tasks: Op
             jobs: int = 2) -> dict[str, dict[str, Path]]:
     """Synthesise (or find cached) lite tasks; returns ``{task: {split: manifest path}}``.
 
-    ``size``: ``quick`` (tests; ~40/15/15 utterances per task) or ``default`` (demo; 600/150/150).
+    ``size``: ``quick`` (tests; ~40/15/15 utterances per task) or ``default`` (demo; 300/100/100).
     ``tasks``: a subset of :data:`TASKS` (all by default). ``jobs``: parallel espeak-ng processes.
     """
     if size not in SIZES:

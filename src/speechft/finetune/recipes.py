@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
 from ..utils.names import lookup
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
+
 from ..utils.names import lookup
 
 Tensor = torch.Tensor

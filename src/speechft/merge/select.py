@@ -15,6 +15,7 @@ import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
+
 from ..utils.names import lookup
 
 log = logging.getLogger(__name__)
