@@ -86,3 +86,12 @@ def test_quick_size_keeps_every_speaker_and_digit(fsdd_root, tmp_path):
         assert all(int(Path(r.audio).stem.split("_")[2]) in takes[split] for r in rs)
     with pytest.raises(ValueError, match="FSDD size must be one of default, quick"):
         fsdd.prepare(fsdd_root, tmp_path / "x", size="tiny")
+
+
+def test_quick_task_manifests_have_their_own_folder(fsdd_root, tmp_path, monkeypatch):
+    from speechft.tasks import get_task
+
+    monkeypatch.setenv("SPEECHFT_HOME", str(tmp_path))
+    m = get_task("fsdd-ks").resolve_manifests(size="quick", fsdd_root=str(fsdd_root))
+    assert m["train"] == tmp_path / "fsdd-quick" / "fsdd" / "train.jsonl"
+    assert len(read_manifest(m["train"])) == 240

@@ -109,7 +109,7 @@ def get_recipe(name: str) -> Recipe:
 
 def default_out_dir(corpus: str, size: str = "default") -> Path:
     if corpus in ("lite", "fsdd") and size != "default":
-        return data_home() / f"lite-{size}"
+        return data_home() / f"{corpus}-{size}"
     return data_home() / corpus
 
 
