@@ -163,6 +163,9 @@ def test_pretrain_learns_and_saves_a_clean_encoder(trained):
     umask = os.umask(0)
     os.umask(umask)
     assert (enc_dir / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # shareable, not 0600
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in enc_dir.iterdir()), \
+        {f.name: oct(f.stat().st_mode & 0o777) for f in enc_dir.iterdir()}
+    assert enc_dir.stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_resume_is_bit_identical(audio, tmp_path):

@@ -7,8 +7,9 @@ Splits by take, the same for every speaker and digit (so fsdd-sid sees every spe
 and fsdd-ks is a speaker-dependent digit task, as the dataset's own convention):
 test = takes 0-4 (the dataset's conventional test set), dev = takes 5-9, train = takes 10-49;
 with the full corpus that is 2,400 / 300 / 300 utterances. Size ``quick`` (smoke runs, ``reproduce
---quick``) keeps train takes 10-13, dev take 5 and test take 0: 240 / 60 / 60, every speaker and digit. Audio is referenced in place by absolute
-path; ``duration`` and ``sample_rate`` come from the wav headers.
+--quick``) keeps train takes 10-13, dev take 5 and test take 0: 240 / 60 / 60, every speaker and
+digit. Audio is referenced in place by absolute path; ``duration`` and ``sample_rate`` come from the
+wav headers.
 """
 from __future__ import annotations
 

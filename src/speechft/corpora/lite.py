@@ -38,8 +38,8 @@ from typing import Iterable, Optional
 from ..data.audio import TARGET_SR
 from ..data.manifest import Utterance, write_manifest
 from ..utils.io import atomic_dir, atomic_write_json
-from . import espeak, text
 from ..utils.names import unknown_name
+from . import espeak, text
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,6 @@ class _Item:
     phones: bool = False
     noise: float = NOISE_FLOOR
     silence_s: float = 1.0
-
-
-def _did_you_mean(kind: str, name: str, known: Iterable[str]) -> str:
-    return unknown_name(kind, name, known)
 
 
 def voice_pool() -> list[str]:
@@ -227,7 +223,7 @@ def plan(task: str, size: Size, seed: int) -> list[_Item]:
         return _plan_sid(size, seed)
     if task == "lite-style":
         return _plan_style(size, seed, voices)
-    raise KeyError(_did_you_mean("lite task", task, TASKS))
+    raise KeyError(unknown_name("lite task", task, TASKS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,13 +287,13 @@ def prepare(out_dir: str | Path, size: str = "default", seed: int = 0, tasks: Op
     ``tasks``: a subset of :data:`TASKS` (all by default). ``jobs``: parallel espeak-ng processes.
     """
     if size not in SIZES:
-        raise ValueError(_did_you_mean("lite size", size, SIZES))
+        raise ValueError(unknown_name("lite size", size, SIZES))
     if isinstance(tasks, str):
         tasks = [tasks]
     tasks = list(TASKS if tasks is None else tasks)
     for t in tasks:
         if t not in TASKS:
-            raise KeyError(_did_you_mean("lite task", t, TASKS))
+            raise KeyError(unknown_name("lite task", t, TASKS))
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out_dir = Path(out_dir)

@@ -149,17 +149,13 @@ def check_keys(keys, where: str) -> None:
     check_known_keys(keys, KNOWN_KEYS, where, "fine-tuning config key")
 
 
-def read_yaml(path: str | Path) -> dict:
-    return read_yaml_mapping(path)
-
-
 def load_config(path: str | Path | None = None, base: Optional[dict] = None, **overrides) -> FinetuneConfig:
     """A :class:`FinetuneConfig`: defaults < ``base`` (e.g. :data:`QUICK`) < the YAML file < non-None
     ``overrides``. Accepts a plain mapping of keys or a saved ``OUT/config.yaml`` (``config:`` + ``run:``)."""
     data: dict = {}
     where = str(path) if path is not None else "overrides"
     if path is not None:
-        data = read_yaml(path)
+        data = read_yaml_mapping(path)
         if "config" in data and isinstance(data["config"], dict):  # a saved OUT/config.yaml
             data = dict(data["config"])
     check_keys(data, where)

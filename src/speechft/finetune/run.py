@@ -25,8 +25,9 @@ import torch
 
 from ..tasks import Task, get_task, user_task
 from ..utils.io import atomic_dir, check_writable
+from ..utils.names import read_yaml_mapping
 from .checkpoint import latest_checkpoint, load_checkpoint
-from .config import QUICK, FinetuneConfig, check_keys, load_config, read_yaml, save_run_config
+from .config import QUICK, FinetuneConfig, check_keys, load_config, save_run_config
 from .recipes import get_recipe, resolved_knobs
 from .schedule import head_only_steps
 
@@ -147,7 +148,7 @@ def _resolve(out: Path, model, task, recipe, steps, config, resume, quick, overr
         saved = out / "config.yaml"
         if not saved.exists():
             raise FileNotFoundError(f"{out}: has checkpoints but no config.yaml; cannot resume")
-        run, cfg = read_yaml(saved).get("run") or {}, load_config(saved)
+        run, cfg = read_yaml_mapping(saved).get("run") or {}, load_config(saved)
         given = {"model": _model_ref(model) if model else None,
                  "task": task.name if isinstance(task, Task) else task, "recipe": recipe}
         for key, value in given.items():

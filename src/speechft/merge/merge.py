@@ -137,13 +137,13 @@ def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: 
     n = base.numel()
     flat_base, flat_tuned = base.reshape(-1), [t.reshape(-1) for t in tuned]
     coeffs = [method.task_coeffs(p, len(tuned)) for p in params_list]
-    pending = [tuple(c) for c, p in zip(coeffs, params_list) if exact_input(base, tuned, c, p.alpha) is None]
+    sames = [exact_input(base, tuned, c, p.alpha) for c, p in zip(coeffs, params_list)]  # α=0 / θ′ exactly
+    pending = [tuple(c) for c, same in zip(coeffs, sames) if same is None]
     size = min(n, TASK_BLOCK)
     b64, d64 = torch.empty(size, dtype=COMPUTE_DTYPE), torch.empty(size, dtype=COMPUTE_DTYPE)
     tmp = torch.empty(size, dtype=COMPUTE_DTYPE) if len(tuned) > 1 or len(pending) > 1 else None
     shared: dict[tuple, torch.Tensor] = {}  # coefficients -> Σ cᵢ·τᵢ (float64), when several α need it
-    for p, c in zip(params_list, coeffs):
-        same = exact_input(base, tuned, c, p.alpha)
+    for p, c, same in zip(params_list, coeffs, sames):
         if same is not None:
             yield same.to(out_dtype)
             continue

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_writable
+from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_writable, umask
 from .config import QUICK, PretrainConfig, load_config, save_config
 from .data import AudioStore, epoch_batches, generate_quick_audio, make_batch
 from .kmeans import Codebook, FeatureSource, compute_targets, fit_codebook
@@ -302,11 +302,10 @@ def save_pretrained_encoder(model, head, codebook: Codebook, cfg: PretrainConfig
         save_config(cfg, tmp / "pretrain_config.yaml")
         if (out / "training_curve.png").exists():
             shutil.copy(out / "training_curve.png", tmp / "training_curve.png")
-        # temp files/dirs are created private (0600/0700); a model folder is meant to be shared
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+        # transformers' save_pretrained leaves model.safetensors private (0600); a model folder is
+        # meant to be shared (atomic_dir gives the folder itself the umask's permissions)
+        mode = 0o666 & ~umask()
         for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
+            os.chmod(f, mode)
     log.info("pre-trained encoder written to %s", dest)
     return dest

@@ -159,10 +159,9 @@ def run_probe(
     for t in task_list:  # fail on bad training options before any long work
         default_config(t, quick=size == "quick", epochs=epochs, **options)
     # Validate every task's data before training any: a bad file fails in seconds, not after other tasks.
-    # (The validation cache makes the second look, inside the loop, cheap.)
-    checked = {}
+    task_manifests, checked = {}, {}
     for t in task_list:
-        manifests = t.resolve_manifests(size=size, fsdd_root=fsdd_root)
+        manifests = task_manifests[t.name] = t.resolve_manifests(size=size, fsdd_root=fsdd_root)
         checked[t.name] = {s: load_rows(manifests[s], t, skip_bad) for s in ("train", "dev", "test")}
     out_dir = Path(out_dir)
     check_writable(out_dir)
@@ -212,7 +211,7 @@ def run_probe(
             continue
 
         t0, c0 = time.perf_counter(), time.process_time()
-        manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
+        manifests = task_manifests[task.name]
         rows = {s: subsample(checked[task.name][s], limit) for s in ("train", "dev", "test")}
         for s, rs in rows.items():
             if not rs:
