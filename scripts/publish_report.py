@@ -44,14 +44,16 @@ def main(argv=None) -> int:
     (DEST / "report.md").write_text(md)
     sec = sections(md)
     timings = sec.get("Timings", "")
-    total = re.search(r"\*\*total\*\* \| (\d+)", timings)
+    total = re.search(r"\*\*wall clock\*\*[^|]*\|[^|]*\| (\d+)", timings)
+    workers = re.search(r"on (\d+) worker process\(es\) x (\d+) torch thread", timings)
     env = sec.get("Environment", "").strip().rstrip(".")
     first = md.split("## Results", 1)[0].split("\n", 2)[-1].strip()
     results = sec.get("Results", "").strip()
     block = [START, "", first, "", results, "", "What the numbers show (written by the run from its own numbers):", "",
              sec.get("What the numbers show", "").strip(), ""]
     if total:
-        block += [f"Wall time {int(total.group(1)) / 60:.1f} min ({env}); per-stage timings in "
+        how = f", {workers.group(1)} worker processes x {workers.group(2)} thread(s)" if workers else ""
+        block += [f"Wall time {int(total.group(1)) / 60:.1f} min ({env}{how}); per-stage timings in "
                   "[docs/demo/report.md](docs/demo/report.md).", ""]
     for title, rel in re.findall(r"### ([^\n]+)\n\n!\[[^\]]*\]\(([^)]+\.png)\)", md):
         block += [f"**{title}**", "", f"![{title}](docs/demo/{rel})", ""]

@@ -149,3 +149,64 @@ def test_online_source_matches_cached_training(tmp_path, tones):
     np.testing.assert_allclose(out["cached"]["layer_weights"], out["online"]["layer_weights"], atol=1e-2)
     losses = [[h["train_loss"] for h in out[k]["history"]] for k in ("cached", "online")]
     np.testing.assert_allclose(losses[0], losses[1], rtol=2e-2)
+
+
+def _descendant(enc, seed: int, touch_cnn: bool):
+    """A copy of ``enc`` with the transformer perturbed (and the CNN too when ``touch_cnn``)."""
+    import copy
+
+    out = copy.deepcopy(enc)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in out.model.named_parameters():
+            if touch_cnn or not name.startswith("feature_extractor."):
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return out
+
+
+def test_forward_many_shares_the_cnn_and_matches_separate_forwards():
+    from speechft.models.encoder import forward_many
+
+    base = make_tiny_encoder().eval()
+    same_cnn = _descendant(base, 1, touch_cnn=False).eval()  # Stable-FT-like: CNN frozen
+    other_cnn = _descendant(base, 2, touch_cnn=True).eval()  # regular-FT-like
+    assert base.cnn_key() == same_cnn.cnn_key() != other_cnn.cnn_key()
+    wav = torch.randn(2, 16000)
+    lens = torch.tensor([16000, 11000])
+    calls = []
+    handle = same_cnn.model.feature_extractor.conv_layers[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    with torch.inference_mode():
+        shared = forward_many([base, same_cnn, other_cnn], wav, lens)
+        separate = [e(wav, lens) for e in (base, same_cnn, other_cnn)]
+    handle.remove()
+    assert len(calls) == 1  # only the separate forward ran same_cnn's CNN; the shared one replayed base's
+    for (s1, f1), (s2, f2) in zip(shared, separate):
+        assert torch.equal(f1, f2) and len(s1) == len(s2)
+        assert all(torch.equal(a, b) for a, b in zip(s1, s2))
+    assert not torch.equal(shared[0][0][-1], shared[1][0][-1])  # different transformers, different features
+    # the CNN runs normally again afterwards (the replay is undone)
+    with torch.inference_mode():
+        again = same_cnn(wav[:, :8000], torch.tensor([8000, 8000]))
+    assert again[0][0].shape[1] < shared[1][0][0].shape[1]
+
+
+def test_shared_extraction_gives_bit_identical_caches(tmp_path, tones):
+    from speechft.probe import extract_features
+
+    base = make_tiny_encoder()
+    kid = _descendant(base, 3, touch_cnn=False)
+    # one pass for both (the base twice: deduplicated), then each separately into another cache root
+    extract_features([base, kid, base], [tones], cache_dir=tmp_path / "shared", progress=False)
+    extract_features([base], [tones], cache_dir=tmp_path / "alone", progress=False)
+    extract_features([kid], [tones], cache_dir=tmp_path / "alone", progress=False)
+    for enc in (base, kid):
+        for split in ("train", "dev", "test"):
+            rows = read_manifest(tones.manifests[("train", "dev", "test").index(split)])
+            a = fcache.FeatureCache(fcache.split_folder(tones, split, "default", fcache.model_key(enc), tmp_path / "shared"))
+            b = fcache.FeatureCache(fcache.split_folder(tones, split, "default", fcache.model_key(enc), tmp_path / "alone"))
+            ids = [r.id for r in rows]
+            assert all(np.array_equal(x, y) for x, y in zip(a.frames(ids), b.frames(ids)))
+    # the probe then finds everything cached: no encoder forward at all
+    counting = CountingEncoder(kid)
+    run_probe(counting, [tones], tmp_path / "p", epochs=1, cache_dir=tmp_path / "shared", progress=False)
+    assert counting.forwards == 0

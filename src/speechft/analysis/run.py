@@ -86,7 +86,7 @@ def analyze(
     from ..data.dataset import AudioDataset, collate
     from ..data.sampler import LengthBucketSampler
     from ..data.validate import load_checked_rows
-    from ..models.encoder import HFEncoder
+    from ..models.encoder import HFEncoder, forward_many
     from ..models.io import load_encoder
 
     if len(models) < 2:
@@ -121,12 +121,14 @@ def analyze(
             llfc_models[(i, a)] = m.eval()
             llfc[(i, a)] = [R2(ref.hidden_size) for _ in range(L)]
 
+    # Every model in one pass per batch; models sharing a CNN (θ₀, Stable-FT, Speech-FT and their
+    # interpolations: the CNN stays frozen) run it once.
+    everyone = encs + list(llfc_models.values())
+    keys = [e.cnn_key() for e in everyone]
     with torch.no_grad():
         for batch in tqdm(loader, desc="analyze", unit="batch"):
-            feats = []
-            for e in encs:
-                st, fl = e(batch["wav"], batch["wav_lens"])
-                feats.append(_frames(st, fl))
+            outs = forward_many(everyone, batch["wav"], batch["wav_lens"], keys=keys)
+            feats = [_frames(st, fl) for st, fl in outs[: len(encs)]]
             for i, (cos, cka) in sims.items():
                 for layer in range(min(L, len(feats[i]))):
                     x, y = feats[0][layer], feats[i][layer]
@@ -134,8 +136,7 @@ def analyze(
                     if x.shape[1] == y.shape[1]:
                         cos[layer].update(x[:n], y[:n])
                     cka[layer].update(x[:n], y[:n])
-            for (i, a), m in llfc_models.items():
-                st, fl = m(batch["wav"], batch["wav_lens"])
+            for ((i, a), m), (st, fl) in zip(llfc_models.items(), outs[len(encs):]):
                 fm = _frames(st, fl)
                 for layer in range(L):
                     llfc[(i, a)][layer].update(fm[layer], (1 - a) * feats[0][layer] + a * feats[i][layer])

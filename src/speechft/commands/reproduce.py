@@ -16,6 +16,8 @@ def command(
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per (model, task); > 1 reports mean ± std."),
     model: Optional[str] = typer.Option(None, "--model", help="Pre-trained model reference (default: speechft-tiny)."),
     fsdd: Optional[str] = typer.Option(None, "--fsdd", help="Path to the Free Spoken Digit Dataset (for fsdd-* tasks)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes running independent jobs at once "
+                                          "(default: up to 4 on CPU, splitting the cores; 1 with a GPU)."),
 ) -> None:
     """The paper's loop in one command: prepare data, stable and regular fine-tuning (+ baselines),
     Speech-FT merge, probes of every model on every task, α sweep, analyses, and OUT/report.md."""
@@ -24,5 +26,5 @@ def command(
 
     with user_errors():
         cfg = ReproduceConfig.load(config, seeds=seeds, model=model, fsdd=fsdd)
-        report = reproduce(cfg, out, quick=quick)
+        report = reproduce(cfg, out, quick=quick, workers=workers)
     typer.echo(f"report: {report}")

@@ -163,6 +163,27 @@ def _memory_encoders(sources, plan, method, params_by_alpha: dict, names: dict):
         yield alpha, encoder_from_state(sources[0].dir, state, names[alpha])
 
 
+def sweep_model_name(method: str, alpha: float) -> str:
+    """The probe-record name of the sweep's model at ``alpha``."""
+    return f"{get_method(method).name} alpha={alpha_label(alpha)}"
+
+
+def merged_encoders(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float], *, method: str = "linear",
+                    weights: Optional[Sequence[float]] = None, density: float = 0.5, seed: int = 0,
+                    majority_sign: str = "total", excluded: str = "keep"):
+    """Yield (α, encoder) built in memory exactly as :func:`run_sweep` (``models="memory"``) builds
+    them, so their weight fingerprints, hence feature caches and probe records, are shared."""
+    m = get_method(method)
+    w = tuple(float(x) for x in weights) if weights is not None else None
+    params = {a: MergeParams(alpha=a, weights=w, density=density, seed=seed, majority_sign=majority_sign)
+              for a in parse_alphas(alphas)}
+    for p in params.values():
+        check_params(m, p, len(finetuned))
+    sources = open_sources(pretrained, list(finetuned))
+    plan = plan_keys(sources, excluded=excluded)
+    yield from _memory_encoders(sources, plan, m, params, {a: sweep_model_name(m.name, a) for a in params})
+
+
 def _disk_models(sources, plan, method, params_by_alpha: dict, out_dir: Path, dtype_name="source"):
     """Write every pending α in one streaming pass; yield (α, model directory)."""
     dirs = {a: out_dir / "models" / f"alpha-{alpha_label(a)}" for a in params_by_alpha}
@@ -235,7 +256,7 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
     if pending:
         if probe_fn is None:
             from ..probe import run_probe as probe_fn
-        names = {a: f"{m.name} alpha={alpha_label(a)}" for a in pending}
+        names = {a: sweep_model_name(m.name, a) for a in pending}
         probe_dir = Path(probe_dir) if probe_dir is not None else out_dir / "probe"
         todo = {a: params_by_alpha[a] for a in pending}
         produced = (_memory_encoders(sources, plan, m, todo, names) if models == "memory"

@@ -35,17 +35,76 @@ class SpeechEncoder(nn.Module):
 
     def fingerprint(self) -> str:
         """Content hash of the weights (used to key feature caches)."""
-        import hashlib
+        return _hash_state(type(self).__name__, self.state_dict())
 
-        h = hashlib.sha256()
-        h.update(type(self).__name__.encode())
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            t = v.detach().cpu().contiguous()
-            h.update(str(t.dtype).encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()[:16]
+    def cnn_key(self) -> Optional[str]:
+        """What the CNN's output depends on besides the audio (weights, input normalisation), or None
+        when the encoder has no separable CNN. Encoders with equal keys compute identical CNN outputs,
+        so :func:`forward_many` runs that CNN once for all of them."""
+        return None
+
+    def cnn_output(self):
+        """Context manager for :func:`forward_many`; only called when :meth:`cnn_key` is not None."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+def _hash_state(tag: str, state: dict) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(tag.encode())
+    for k, v in sorted(state.items()):
+        h.update(k.encode())
+        t = v.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class _CNNSlot:
+    """Captures the CNN's output during a forward (``value is None``), or replays ``value`` instead
+    of running the CNN (the module's ``forward`` is shadowed for the duration)."""
+
+    def __init__(self, fe: nn.Module, value: Optional[torch.Tensor]):
+        self.fe, self.value, self._handle = fe, value, None
+
+    def __enter__(self):
+        if self.value is None:
+            def capture(_module, _inputs, output):
+                self.value = output
+            self._handle = self.fe.register_forward_hook(capture)
+        else:
+            replay = self.value
+            self.fe.forward = lambda *args, **kwargs: replay
+        return self
+
+    def __exit__(self, *exc):
+        if self._handle is not None:
+            self._handle.remove()
+        else:
+            del self.fe.forward  # the instance attribute; the class method shows through again
+        return False
+
+
+def forward_many(encoders, wav: torch.Tensor, wav_lens: Optional[torch.Tensor] = None, keys=None) -> list:
+    """``[e(wav, wav_lens) for e in encoders]``, running each distinct CNN once.
+
+    Encoders whose :meth:`~SpeechEncoder.cnn_key` match (a model and its Stable-FT / Speech-FT
+    descendants: the CNN stays frozen, so its weights are identical) reuse the first one's CNN
+    output; the results are bit-identical to separate forwards. ``keys`` (one per encoder) saves
+    hashing the CNN weights on every call when the caller computed them once.
+    """
+    keys = list(keys) if keys is not None else [e.cnn_key() for e in encoders]
+    outs, done = [], {}
+    for e, key in zip(encoders, keys):
+        if key is None:
+            outs.append(e(wav, wav_lens))
+            continue
+        with e.cnn_output(done.get(key)) as slot:
+            outs.append(e(wav, wav_lens))
+        done.setdefault(key, slot.value)
+    return outs
 
 
 def _feature_extractor(model: nn.Module) -> nn.Module:
@@ -95,6 +154,16 @@ class HFEncoder(SpeechEncoder):
         # transformers' own flag skips building the autograd graph through the CNN
         if hasattr(fe, "_requires_grad"):
             fe._requires_grad = not freeze
+
+    def cnn_key(self) -> Optional[str]:
+        fe = getattr(self.model, "feature_extractor", None)
+        if fe is None:
+            return None
+        tag = f"{type(fe).__module__}.{type(fe).__name__}|norm={int(bool(self.normalize_input))}"
+        return _hash_state(tag, fe.state_dict())
+
+    def cnn_output(self, value: Optional[torch.Tensor] = None) -> _CNNSlot:
+        return _CNNSlot(_feature_extractor(self.model), value)
 
     def frame_lengths(self, wav_lens: torch.Tensor) -> torch.Tensor:
         return self.model._get_feat_extract_output_lengths(wav_lens).long()

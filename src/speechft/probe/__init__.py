@@ -4,13 +4,14 @@
     superb_score(values_or_records, fbank=None, model=None) -> {"score", "tasks", "missing"}
 """
 from .report import format_table, plot_layer_weights, write_reports, write_summary
-from .runner import RESULTS_FILE, default_tasks, run_probe
+from .runner import RESULTS_FILE, default_tasks, extract_features, run_probe
 from .score import OFFICIAL, normalized_score, score_table, superb_score
 
 __all__ = [
     "OFFICIAL",
     "RESULTS_FILE",
     "default_tasks",
+    "extract_features",
     "format_table",
     "normalized_score",
     "plot_layer_weights",

@@ -214,48 +214,84 @@ def ensure_features(
     The encoder runs in eval mode under ``torch.inference_mode`` on length-sorted batches; each
     utterance keeps exactly its ``frame_lens[b]`` real frames.
     """
+    return ensure_features_many([encoder], rows, [folder], batch_seconds, device, desc, progress)[0]
+
+
+def ensure_features_many(
+    encoders: Sequence,
+    rows: Sequence[Utterance],
+    folders: Sequence[str | Path],
+    batch_seconds: float = EXTRACT_BATCH_SECONDS,
+    device: str = "cpu",
+    desc: str = "extract",
+    progress: bool = True,
+) -> list[FeatureCache]:
+    """:func:`ensure_features` for several encoders on the same rows in one pass over the audio
+    (``folders[i]`` is encoder i's cache). Encoders sharing a CNN (a pre-trained model, its
+    Stable-FT and Speech-FT descendants) run it once per batch (:func:`~speechft.models.encoder.forward_many`);
+    each cache is bit-identical to a separate :func:`ensure_features`."""
     from tqdm.auto import tqdm
 
     from ..data.dataset import AudioDataset, collate
+    from ..models.encoder import forward_many
 
-    folder = Path(folder)
-    cache = FeatureCache(folder)
-    version = encoder_version(encoder)
-    todo = [r for r in rows if not cache.has(r, version)]
+    if len(encoders) != len(folders):
+        raise ValueError(f"{len(encoders)} encoders but {len(folders)} cache folders")
+    folders = [Path(f) for f in folders]
+    caches = [FeatureCache(f) for f in folders]
+    versions = [encoder_version(e) for e in encoders]
+    # per encoder: the ids of rows it still needs
+    need = [{r.id for r in rows if not c.has(r, v)} for c, v in zip(caches, versions)]
+    todo = [r for r in rows if any(r.id in n for n in need)]
     if not todo:
-        return cache
-    check_writable(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+        return caches
+    for f, n in zip(folders, need):
+        if n:
+            check_writable(f)
+            f.mkdir(parents=True, exist_ok=True)
     ds = AudioDataset(todo)
     durs = ds.durations()
-    est = estimate_bytes(sum(durs), encoder)
-    msg = "feature cache: extracting %d utterances (%.1f min of audio) into %s, about %.1f MiB on disk"
-    args = (len(todo), sum(durs) / 60, folder, est / 2**20)
-    (log.warning if est > WARN_BYTES else log.info)(msg, *args)
-    writer = _ShardWriter(folder)
-    was_training = encoder.training
-    encoder.eval()
+    for e, f, n in zip(encoders, folders, need):
+        if n:
+            secs = sum(d for d, r in zip(durs, todo) if r.id in n)
+            est = estimate_bytes(secs, e)
+            msg = "feature cache: extracting %d utterances (%.1f min of audio) into %s, about %.1f MiB on disk"
+            (log.warning if est > WARN_BYTES else log.info)(msg, len(n), secs / 60, f, est / 2**20)
+    writers = [_ShardWriter(f) for f in folders]
+    active = [i for i, n in enumerate(need) if n]
+    keys = {i: encoders[i].cnn_key() for i in active}
+    was_training = [e.training for e in encoders]
+    for e in encoders:
+        e.eval()
     t0 = time.perf_counter()
     try:
         bar = tqdm(total=len(todo), desc=desc, unit="utt", disable=not progress, leave=False)
         with torch.inference_mode():
             for idx in length_sorted_batches(durs, batch_seconds):
                 batch = collate([ds[i] for i in idx])
-                states, frame_lens = encoder(batch["wav"].to(device), batch["wav_lens"].to(device))
-                # [L+1, B, T, F] -> [B, T, L+1, F]: one utterance's frames are then contiguous on disk.
-                stacked = torch.stack([s.float() for s in states], 0).permute(1, 2, 0, 3).to("cpu", torch.float16)
-                T = stacked.shape[1]
-                for b, i in enumerate(idx):
-                    n = max(1, min(int(frame_lens[b]), T))
-                    writer.add(todo[i].id, utterance_key(todo[i], version), stacked[b, :n].numpy().copy())
+                users = [i for i in active if any(todo[j].id in need[i] for j in idx)]
+                outs = forward_many([encoders[i] for i in users], batch["wav"].to(device),
+                                    batch["wav_lens"].to(device), keys=[keys[i] for i in users])
+                for i, (states, frame_lens) in zip(users, outs):
+                    # [L+1, B, T, F] -> [B, T, L+1, F]: one utterance's frames are then contiguous on disk.
+                    stacked = torch.stack([s.float() for s in states], 0).permute(1, 2, 0, 3).to("cpu", torch.float16)
+                    T = stacked.shape[1]
+                    for b, j in enumerate(idx):
+                        if todo[j].id in need[i]:
+                            n = max(1, min(int(frame_lens[b]), T))
+                            writers[i].add(todo[j].id, utterance_key(todo[j], versions[i]), stacked[b, :n].numpy().copy())
                 bar.update(len(idx))
-        writer.flush()
+        for w in writers:
+            w.flush()
         bar.close()
     finally:
-        encoder.train(was_training)
-    log.info("feature cache: %d utterances extracted in %.1f s", writer.written, time.perf_counter() - t0)
-    cache.reload()
-    return cache
+        for e, t in zip(encoders, was_training):
+            e.train(t)
+    log.info("feature cache: %d utterances extracted in %.1f s for %d model(s), %d distinct CNN(s)",
+             len(todo), time.perf_counter() - t0, len(active), len({keys[i] or f"none-{i}" for i in active}))
+    for i in active:
+        caches[i].reload()
+    return caches
 
 
 def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[str | Path] = None) -> Path:

@@ -111,6 +111,44 @@ def _is_fbank(encoder) -> bool:
     return type(encoder).__name__ == "FbankEncoder"
 
 
+def extract_features(
+    models: Sequence,
+    tasks,
+    size: str = "default",
+    fsdd_root: Optional[str] = None,
+    limit: Optional[int] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+    device: str = "cpu",
+    skip_bad: bool = False,
+    progress: bool = True,
+    extract_batch_seconds: float = fcache.EXTRACT_BATCH_SECONDS,
+) -> None:
+    """Fill the feature caches :func:`run_probe` reads, for several models in one pass per split.
+
+    ``models``: references or encoders. Models sharing a CNN (a pre-trained model and its Stable-FT /
+    Speech-FT descendants) compute it once per batch, so probing them afterwards skips most of the
+    encoder time; the cached features are bit-identical to what :func:`run_probe` would extract.
+    """
+    from ..models.io import load_encoder
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    encoders, seen = [], set()
+    for m in models:
+        e = load_encoder(str(m)) if isinstance(m, (str, Path)) else m
+        key = fcache.model_key(e)
+        if key not in seen:  # the same weights twice would write the same cache twice
+            seen.add(key)
+            encoders.append((key, e.to(device) if device != "cpu" else e))
+    for task in _resolve_tasks(tasks):
+        manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
+        for s in ("train", "dev", "test"):
+            rows = subsample(load_rows(manifests[s], task, skip_bad), limit)
+            folders = [fcache.split_folder(task, s, size, key, cache_dir) for key, _ in encoders]
+            fcache.ensure_features_many([e for _, e in encoders], rows, folders, batch_seconds=extract_batch_seconds,
+                                        device=device, desc=f"{task.name} {s} features", progress=progress)
+
+
 def run_probe(
     model,
     tasks,

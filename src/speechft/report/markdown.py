@@ -124,8 +124,33 @@ def summarize(table: dict, scores: dict, models: Sequence[str], tasks: Sequence[
     return out
 
 
+def timing_lines(stages: dict, run_info: Optional[dict] = None) -> list[str]:
+    """The report's timing section from ``stages.jsonl`` records (name -> record or seconds).
+
+    Jobs named ``"<stage> / <task>"`` are summed per stage. With several workers the sum of job times
+    exceeds the wall clock, so the span from the first job's start to the last one's end is given too."""
+    recs = {k: (v if isinstance(v, dict) else {"seconds": v}) for k, v in stages.items()}
+    groups: dict[str, list] = {}
+    for name, r in sorted(recs.items(), key=lambda kv: kv[1].get("started", 0.0)):
+        groups.setdefault(name.split(" / ")[0], []).append(r["seconds"])
+    lines = ["## Timings", ""]
+    if run_info:
+        lines += [f"{run_info['jobs']} jobs on {run_info['workers']} worker process(es) x {run_info['threads']} "
+                  f"torch thread(s) each.", ""]
+    lines += ["| stage | jobs | seconds (sum) |", "|---|---|---|"]
+    lines += [f"| {k} | {len(v)} | {sum(v):.0f} |" for k, v in groups.items()]
+    total = sum(r["seconds"] for r in recs.values())
+    lines += [f"| **all jobs** | {len(recs)} | {total:.0f} |"]
+    starts = [r["started"] for r in recs.values() if "started" in r]
+    ends = [r["finished"] for r in recs.values() if "finished" in r]
+    if starts and len(starts) == len(recs):
+        span = max(ends) - min(starts)
+        lines += [f"| **wall clock** (first start to last end) | | {span:.0f} ({span / 60:.1f} min) |"]
+    return lines + [""]
+
+
 def write_report(out: Path, cfg, models: Sequence[str], tasks: Sequence[str], dropped: Sequence[str],
-                 timings: dict) -> Path:
+                 timings: dict, run_info: Optional[dict] = None) -> Path:
     import torch
     import transformers
 
@@ -156,9 +181,7 @@ def write_report(out: Path, cfg, models: Sequence[str], tasks: Sequence[str], dr
     for rel, title in figs:
         if (out / rel).exists():
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
-    lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    lines += [f"| **total** | {sum(timings.values()):.0f} |", ""]
+    lines += timing_lines(timings, run_info)
     lines += ["## Environment", "", f"speechft {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
               f"Python {platform.python_version()}, {platform.machine()} with {__import__('os').cpu_count()} CPU cores.", ""]
     lines += ["## Config", "", "```yaml", cfg.to_yaml().rstrip(), "```", ""]

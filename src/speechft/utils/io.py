@@ -67,10 +67,16 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON record as a line, flushed and fsync'ed (results/metrics logs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    data = (json.dumps(record, default=str) + "\n").encode("utf-8")
+    # One write() on an O_APPEND descriptor: records appended by concurrent processes never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
