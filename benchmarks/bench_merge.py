@@ -36,6 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "merge.jsonl"
+THREADS = 1  # torch threads of every measured run (--threads)
 SIZES = {
     "base": {},  # HubertConfig() defaults = HuBERT base (768 x 12 layers)
     "small": dict(hidden_size=384, num_hidden_layers=10, num_attention_heads=6, intermediate_size=1536,
@@ -46,7 +47,7 @@ import json, os, resource, sys, time
 import torch
 import safetensors.torch
 from speechft.merge import merge_alphas, merge_models
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get('BENCH_THREADS', '1')))
 
 def peak_rss_mib():
     # VmHWM: this process's own high-water mark. ru_maxrss is not used on Linux: a child inherits the
@@ -107,10 +108,24 @@ def run_child(body: str) -> dict:
         os.sync()
     code = PRELUDE + "_t = time.perf_counter()\n" + body + "\nWALL = time.perf_counter() - _t\n" + EPILOGUE
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": str(THREADS), "BENCH_THREADS": str(THREADS)})
     if res.returncode != 0:
         raise RuntimeError(f"benchmark child failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_median(body: str, repeats: int, clean=None) -> dict:
+    """``repeats`` runs of ``body``: the median wall time (disk flushes make single runs noisy: the same
+    fsync'ed copy took 0.77 s and 1.04 s in one session) and the largest peak RSS."""
+    import statistics
+
+    runs = []
+    for _ in range(max(1, repeats)):
+        if clean is not None:  # untimed: the previous run's output goes (a merge refuses to overwrite)
+            clean()
+        runs.append(run_child(body))
+    return {"wall_s": statistics.median(r["wall_s"] for r in runs), "maxrss_mib": max(r["maxrss_mib"] for r in runs),
+            "walls": [round(r["wall_s"], 3) for r in runs]}
 
 
 def io_floor_body(inputs: list[Path], out: Path, fsync: bool = True) -> str:
@@ -145,7 +160,7 @@ def sweep_bodies(m0: Path, ft: Path, alphas: list[float], root: Path) -> tuple[s
 
 
 def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, official: bool = True,
-            ties: bool = False) -> dict:
+            ties: bool = False, repeats: int = 3) -> dict:
     """All measurements; returns the record (figures in MiB, seconds and ratios)."""
     root = Path(tempfile.mkdtemp(prefix="bench-merge-", dir=workdir))
     try:
@@ -153,15 +168,21 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
         inp = make_inputs(root, size, max(n_fts))
         model_mib = inp["model_bytes"] / 2**20
         base_rss = run_child("")["maxrss_mib"]
-        rec = {"bench": "merge", "size": size, "params": inp["params"], "model_mib": round(model_mib, 1),
+        rec = {"bench": "merge", "size": size, "repeats": repeats, "params": inp["params"], "model_mib": round(model_mib, 1),
                "baseline_rss_mib": round(base_rss, 1), "setup_s": round(time.perf_counter() - t, 1), "runs": {}}
 
         out = root / "out"  # every run writes under here; emptied after each run
         out.mkdir()
 
+        def median(body: str, _repeats: int) -> dict:
+            def clean():
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+            return run_median(body, _repeats, clean)
+
         def record(name: str, r: dict, floors: tuple[float, float] | None = None) -> None:
             r = {"wall_s": round(r["wall_s"], 3), "peak_rss_mib": round(r["maxrss_mib"], 1),
-                 "rss_ratio": round((r["maxrss_mib"] - base_rss) / model_mib, 3)}
+                 "rss_ratio": round((r["maxrss_mib"] - base_rss) / model_mib, 3), "walls": r.get("walls")}
             if floors:
                 r["vs_io_floor"] = round(r["wall_s"] / floors[0], 2)
                 r["vs_io_floor_nosync"] = round(r["wall_s"] / floors[1], 2)
@@ -172,12 +193,12 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
         for n in n_fts:
             fts = inp["finetuned"][:n]
             files = [inp["pretrained"] / "model.safetensors"] + [f / "model.safetensors" for f in fts]
-            floor = run_child(io_floor_body(files, out / "copy.bin"))
+            floor = median(io_floor_body(files, out / "copy.bin"), repeats)
             record(f"io_floor_n{n}", floor)
-            nosync = run_child(io_floor_body(files, out / "copy.bin", fsync=False))
+            nosync = median(io_floor_body(files, out / "copy.bin", fsync=False), repeats)
             record(f"io_floor_nosync_n{n}", nosync)
             f = (floor["wall_s"], nosync["wall_s"])
-            record(f"stream_linear_n{n}", run_child(stream_body(inp["pretrained"], fts, out / "merged")), f)
+            record(f"stream_linear_n{n}", median(stream_body(inp["pretrained"], fts, out / "merged"), repeats), f)
             if n > 1 and ties:
                 record(f"stream_ties_n{n}", run_child(stream_body(inp["pretrained"], fts, out / "merged", "ties")), f)
             if official:
@@ -186,8 +207,8 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
         if sweep_points:
             alphas = [round(i / (sweep_points - 1), 4) for i in range(sweep_points)]
             one, sep = sweep_bodies(inp["pretrained"], inp["finetuned"][0], alphas, out)
-            record(f"sweep{sweep_points}_one_pass", run_child(one))
-            record(f"sweep{sweep_points}_separate", run_child(sep))
+            record(f"sweep{sweep_points}_one_pass", median(one, repeats))
+            record(f"sweep{sweep_points}_separate", median(sep, repeats))
         return rec
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -222,15 +243,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sweep-points", type=int, default=5, help="α values in the sweep comparison (0 = skip)")
     ap.add_argument("--ties", action="store_true", help="also time a TIES merge of all fine-tuned models")
     ap.add_argument("--no-official", action="store_true", help="skip the torch.load/torch.save comparison")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of every measured run (default: the CPU cores, as `speechft merge` uses)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per timed merge/floor/sweep (median reported)")
     ap.add_argument("--workdir", default=tempfile.gettempdir(), help="where the temporary models go")
     ap.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(HERE.parent)}")
     args = ap.parse_args(argv)
     import torch
 
+    global THREADS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    THREADS = args.threads or cores
     rec = measure(args.size, [int(n) for n in args.n_ft.split(",")], args.sweep_points, Path(args.workdir),
-                  official=not args.no_official, ties=args.ties)
+                  official=not args.no_official, ties=args.ties, repeats=args.repeats)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine inflates times
-    rec.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"), python=platform.python_version(), torch=torch.__version__,
+    rec.update(threads=THREADS, time=time.strftime("%Y-%m-%dT%H:%M:%S"), python=platform.python_version(), torch=torch.__version__,
                cpus=os.cpu_count(), machine=platform.machine(), loadavg_1min_after=load)
     print(summarize(rec))
     if not args.no_record:

@@ -1,5 +1,8 @@
 """Run every benchmark in this folder (``make bench``); each prints its figures and appends a JSON
-record to benchmarks/results/. Pass names to run a subset: ``python benchmarks/run_all.py merge probe``."""
+record to benchmarks/results/. Pass names to run a subset: ``python benchmarks/run_all.py merge probe``.
+
+``e2e`` is ``reproduce --quick``; ``e2e-full`` is the full ``make demo`` run from an empty data home
+(data synthesis and every feature extraction timed), about 12 of the 20 minutes on 2 cores."""
 from __future__ import annotations
 
 import subprocess
@@ -8,24 +11,30 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["merge", "probe", "finetune", "e2e"]
+# name -> (script, arguments)
+BENCHES = {"merge": ("merge", []), "probe": ("probe", []), "finetune": ("finetune", []), "e2e": ("e2e", []),
+           "e2e-full": ("e2e", ["--full", "--fresh-data"])}
+ORDER = list(BENCHES)
 
 
 def main(argv: list[str]) -> int:
     names = argv or ORDER
     failed = []
+    start = time.time()
     for name in names:
-        script = HERE / f"bench_{name}.py"
+        script_name, extra = BENCHES.get(name, (name, []))
+        script = HERE / f"bench_{script_name}.py"
         if not script.exists():
             print(f"== {name}: {script.name} not found", flush=True)
             failed.append(name)
             continue
         print(f"== {name}", flush=True)
         t0 = time.time()
-        rc = subprocess.call([sys.executable, str(script)])
+        rc = subprocess.call([sys.executable, str(script), *extra])
         print(f"== {name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
         if rc:
             failed.append(name)
+    print(f"== all: {time.time() - start:.0f} s ({(time.time() - start) / 60:.1f} min) for {', '.join(names)}")
     if failed:
         print("failed: " + ", ".join(failed))
     return 1 if failed else 0
