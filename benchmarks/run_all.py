@@ -12,7 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # name -> (script, arguments)
-BENCHES = {"merge": ("merge", []), "probe": ("probe", []), "finetune": ("finetune", []), "e2e": ("e2e", []),
+BENCHES = {"merge": ("merge", []), "probe": ("probe", []), "finetune": ("finetune", []), "e2e": ("e2e", ["--fresh-data"]),
            "e2e-full": ("e2e", ["--full", "--fresh-data"])}
 ORDER = list(BENCHES)
 

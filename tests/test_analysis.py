@@ -1,5 +1,4 @@
 """Analyses on tiny models: similarity invariants, CKA against a brute-force Gram computation, LLFC."""
-import numpy as np
 import pytest
 import torch
 

@@ -64,6 +64,12 @@ def test_encoder_save_load_plain_transformers(tmp_path):
     states, flen = back(x, torch.tensor([x.shape[1]]))
     assert len(states) == 3 and states[0].shape[-1] == 32 and int(flen[0]) == states[0].shape[1]
     assert back.normalize_input
+    # a saved model folder is shareable: transformers leaves model.safetensors 0600, the save fixes that
+    from speechft.utils.io import umask
+
+    mask = umask()
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~mask and set(modes.values()) == {0o666 & ~mask}, modes
 
 
 def test_freeze_feature_extractor():

@@ -191,7 +191,8 @@ class _Window:
 def _log(main: bool, path: Path, tb, rec: dict) -> None:
     if not main:
         return
-    append_jsonl(path, rec)
+    # train records come every log_every steps: an fsync each would cost more than the step's bookkeeping
+    append_jsonl(path, rec, durable=rec.get("split") != "train")
     if tb is not None:
         for k, v in rec.items():
             if isinstance(v, (int, float)) and k not in ("step", "epoch"):

@@ -210,7 +210,7 @@ def _family(model_type: Optional[str], arch: _Arch, keys) -> str:
         raise ValueError(f"--model-type {model_type} contradicts --config {arch.source} (model_type {hf_type})")
     family = model_type or hf_type or km.model_type_from_name(arch.name) or km.model_type_from_keys(keys)
     if family is None:
-        raise ValueError(f"cannot tell whether the weights are HuBERT, wav2vec 2.0 or WavLM: pass --model-type")
+        raise ValueError("cannot tell whether the weights are HuBERT, wav2vec 2.0 or WavLM: pass --model-type")
     if family not in ("hubert", "wav2vec2", "wavlm"):
         raise ValueError(f"model type {family!r} is not supported (hubert, wav2vec2, wavlm)")
     return family

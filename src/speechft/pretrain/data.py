@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.audio import TARGET_SR, AudioError, load_audio
-from ..data.manifest import Utterance, read_manifest
+from ..data.manifest import Utterance
 from .mfcc import HOP, WIN, num_frames
 
 log = logging.getLogger(__name__)

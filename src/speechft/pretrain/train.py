@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_writable, umask
+from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_writable
 from .config import QUICK, PretrainConfig, load_config, save_config
 from .data import AudioStore, epoch_batches, generate_quick_audio, make_batch
 from .kmeans import Codebook, FeatureSource, compute_targets, fit_codebook
@@ -302,10 +301,5 @@ def save_pretrained_encoder(model, head, codebook: Codebook, cfg: PretrainConfig
         save_config(cfg, tmp / "pretrain_config.yaml")
         if (out / "training_curve.png").exists():
             shutil.copy(out / "training_curve.png", tmp / "training_curve.png")
-        # transformers' save_pretrained leaves model.safetensors private (0600); a model folder is
-        # meant to be shared (atomic_dir gives the folder itself the umask's permissions)
-        mode = 0o666 & ~umask()
-        for f in tmp.iterdir():
-            os.chmod(f, mode)
     log.info("pre-trained encoder written to %s", dest)
     return dest

@@ -63,8 +63,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
 
 
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON record as a line, flushed and fsync'ed (results/metrics logs)."""
+def append_jsonl(path: str | os.PathLike, record: dict, durable: bool = True) -> None:
+    """Append one JSON record as a line (results/metrics logs), fsync'ed unless ``durable=False``
+    (per-step training metrics: the OS still writes the line if the process dies; only a power
+    cut can lose the newest lines, and the checkpoint, written durably, is what resume reads)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(record, default=str) + "\n").encode("utf-8")
@@ -74,7 +76,8 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -103,7 +106,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     """Yield a temporary directory next to ``path``; on success it is renamed to ``path``.
 
     On any exception the temporary directory is removed and ``path`` is left untouched, so an
-    interrupted save never produces a directory that loads as a valid model.
+    interrupted save never produces a directory that loads as a valid model. What is published gets
+    the umask's usual permissions (files 0666, folders 0777, less the umask): some writers (transformers'
+    ``save_pretrained``, ``mkstemp``) leave files private (0600), and a model folder is meant to be shared.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +116,14 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     try:
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; the output should be a normal folder
         yield tmp
+        mask = umask()
         for p in tmp.rglob("*"):
-            if p.is_file():
+            if p.is_file() and not p.is_symlink():
+                os.chmod(p, 0o666 & ~mask)
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
+            elif p.is_dir() and not p.is_symlink():
+                os.chmod(p, 0o777 & ~mask)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} already exists")
