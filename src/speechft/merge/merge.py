@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -255,17 +256,31 @@ def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_l
     with contextlib.ExitStack() as stack:
         tmps = [stack.enter_context(atomic_dir(Path(d), overwrite=True)) for d in out_dirs]
         writers = [stack.enter_context(StreamingSafetensorsWriter(t / SINGLE_FILE, specs, metadata)) for t in tmps]
-        # one read buffer per input, reused for every tensor (each is written before the next is read)
+        # Two read buffers per input, reused for every tensor: a reader thread fills one set with the
+        # next tensor's inputs while this thread merges and writes the current one from the other
+        # (file reads and torch arithmetic both release the GIL, so they overlap on two cores).
+        # A buffer is refilled only after the tensors read into it were written (writes are synchronous).
         reads = [[s.key for s in specs]] + [[m[k] for k in plan.merged] for m in plan.maps[1:]]
-        bufs = [torch.empty(max([src.specs[k].nbytes for k in keys], default=0), dtype=torch.uint8)
-                for src, keys in zip(sources, reads)]
-        bar = tqdm(specs, desc=f"merge ({method.name})", unit="tensor", disable=not progress, leave=False)
-        for spec in bar:
+        bufsets = [[torch.empty(max([src.specs[k].nbytes for k in keys], default=0), dtype=torch.uint8)
+                    for src, keys in zip(sources, reads)] for _ in range(2)]
+
+        def read(i: int):
+            spec, bufs = specs[i], bufsets[i % 2]
             key = plan.canonical[spec.key]
             base = sources[0].get(spec.key, bufs[0])
+            tuned = [s.get(m[key], b) for s, m, b in zip(sources[1:], plan.maps[1:], bufs[1:])] \
+                if key in plan.merged else None
+            return base, tuned
+
+        reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-read"))
+        ahead = reader.submit(read, 0) if specs else None
+        bar = tqdm(total=len(specs), desc=f"merge ({method.name})", unit="tensor", disable=not progress, leave=False)
+        for i, spec in enumerate(specs):
+            base, tuned = ahead.result()
+            ahead = reader.submit(read, i + 1) if i + 1 < len(specs) else None
+            key = plan.canonical[spec.key]
             out_dtype = ST_DTYPES[spec.dtype]
-            if key in plan.merged:
-                tuned = [s.get(m[key], b) for s, m, b in zip(sources[1:], plan.maps[1:], bufs[1:])]
+            if tuned is not None:
                 # α-independent work (Σ cᵢ·τᵢ, TIES thresholds) once for all outputs
                 for w, merged in zip(writers, merge_tensors(method, params_list, key, base, tuned, out_dtype)):
                     w.write(spec.key, merged)
@@ -277,6 +292,8 @@ def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_l
                     w.write(spec.key, kept)
                 del kept
             del base
+            bar.update(1)
+        bar.close()
         for tmp, card in zip(tmps, cards):
             write_model_files(tmp, sources, dtype, card)
     return [Path(d) for d in out_dirs]
