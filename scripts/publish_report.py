@@ -1,6 +1,7 @@
 """Copy a `speechft reproduce` run's report and plots into docs/demo/ and refresh the README block.
 
     python scripts/publish_report.py runs/demo            # after `make demo` (or any reproduce run)
+    python scripts/publish_report.py runs/exp --dest docs/experiments/lr5e-4 --no-readme   # another run's copy
 
 The README section between the `<!-- demo-report:start -->` / `<!-- demo-report:end -->` markers is
 replaced by the run's own results table, its plain-language summary, its stage timings and links to
@@ -29,20 +30,27 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="output folder of `speechft reproduce` (holds report.md)")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--dest", type=Path, default=DEST, help="where report.md and its plots are copied")
+    ap.add_argument("--no-readme", action="store_true", help="only copy the report; leave the README block alone")
     args = ap.parse_args(argv)
+    dest = args.dest
     report = args.run / "report.md"
     if not report.exists():
         print(f"{report}: not found (run `speechft reproduce --out {args.run}` first)", file=sys.stderr)
         return 2
     md = report.read_text()
-    DEST.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
     for png in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md):
         src = args.run / png
         if src.exists():
-            (DEST / Path(png).parent).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, DEST / png)
-    (DEST / "report.md").write_text(md)
+            (dest / Path(png).parent).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / png)
+    (dest / "report.md").write_text(md)
+    if args.no_readme:
+        print(f"{dest} refreshed from {report}")
+        return 0
     sec = sections(md)
+    link = dest.resolve().relative_to(args.readme.resolve().parent).as_posix()  # README-relative
     timings = sec.get("Timings", "")
     total = re.search(r"\*\*wall clock\*\*[^|]*\|[^|]*\| (\d+)", timings)
     workers = re.search(r"on (\d+) worker process\(es\) x (\d+) torch thread", timings)
@@ -54,9 +62,9 @@ def main(argv=None) -> int:
     if total:
         how = f", {workers.group(1)} worker processes x {workers.group(2)} thread(s)" if workers else ""
         block += [f"Wall time {int(total.group(1)) / 60:.1f} min ({env}{how}); per-stage timings in "
-                  "[docs/demo/report.md](docs/demo/report.md).", ""]
+                  f"[{link}/report.md]({link}/report.md).", ""]
     for title, rel in re.findall(r"### ([^\n]+)\n\n!\[[^\]]*\]\(([^)]+\.png)\)", md):
-        block += [f"**{title}**", "", f"![{title}](docs/demo/{rel})", ""]
+        block += [f"**{title}**", "", f"![{title}]({link}/{rel})", ""]
     block.append(END)
     text = args.readme.read_text()
     if START not in text or END not in text:
@@ -65,7 +73,7 @@ def main(argv=None) -> int:
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
     args.readme.write_text(head + "\n".join(block) + tail)
-    print(f"README block and {DEST} refreshed from {report}")
+    print(f"README block and {dest} refreshed from {report}")
     return 0
 
 

@@ -54,6 +54,13 @@ _COST = {"prepare": 15, "finetune-stable": 100, "finetune": 170, "merge": 1, "ex
          "probe lite-asr": 40, "probe lite-pr": 18, "sweep": 5, "analyze": 90}
 
 
+def _device() -> str:
+    """Probes and feature extraction run on the GPU when there is one (fine-tuning picks it itself)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _prepare(tasks: list, size: str, fsdd: Optional[str]) -> None:
     from .tasks import get_task
 
@@ -92,14 +99,14 @@ def _extract(cfg: ReproduceConfig, task: str, models: list, stable: str, sweep_a
     encs = list(models)
     if sweep_alphas:
         encs += [e for _, e in merged_encoders(cfg.model, [stable], sweep_alphas)]
-    extract_features(encs, [task], size=cfg.size, fsdd_root=cfg.fsdd, limit=cfg.probe_limit)
+    extract_features(encs, [task], size=cfg.size, fsdd_root=cfg.fsdd, limit=cfg.probe_limit, device=_device())
 
 
 def _probe(cfg: ReproduceConfig, name: str, ref: str, tasks: list, probe_dir: str) -> None:
     from .probe import run_probe
 
     run_probe(ref, tasks, probe_dir, seeds=tuple(range(cfg.seeds)), size=cfg.size, fsdd_root=cfg.fsdd,
-              limit=cfg.probe_limit, model_name=name, epochs=cfg.probe_epochs)
+              limit=cfg.probe_limit, model_name=name, epochs=cfg.probe_epochs, device=_device())
 
 
 def _probe_sweep_alpha(cfg: ReproduceConfig, alpha: float, stable: str, task: str, probe_dir: str) -> None:
@@ -109,7 +116,8 @@ def _probe_sweep_alpha(cfg: ReproduceConfig, alpha: float, stable: str, task: st
 
     for a, enc in merged_encoders(cfg.model, [stable], [alpha]):
         run_probe(enc, [task], probe_dir, seeds=tuple(range(cfg.seeds)), size=cfg.size, fsdd_root=cfg.fsdd,
-                  limit=cfg.probe_limit, model_name=sweep_model_name("linear", a), epochs=cfg.probe_epochs)
+                  limit=cfg.probe_limit, model_name=sweep_model_name("linear", a), epochs=cfg.probe_epochs,
+                  device=_device())
 
 
 def _probe_early(cfg: ReproduceConfig, tasks: list, stable_dir: str, probe_dir: str) -> None:
