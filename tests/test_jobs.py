@@ -70,7 +70,7 @@ def test_a_done_job_whose_output_vanished_runs_again(tmp_path):
 
 
 @pytest.mark.parametrize("jobs, message", [
-    ([Job("a", _log), Job("a", _log)], "listed twice"),
+    ([Job("a", _log), Job("a", _log)], "duplicate job .a."),
     ([Job("a", _log, deps=("zz",))], "unknown job"),
     ([Job("a", _log, deps=("b",)), Job("b", _log, deps=("a",))], "cycle"),
 ])

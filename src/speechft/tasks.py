@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .data.manifest import Utterance
-from .utils.names import lookup
+from .utils.names import by_name, lookup
 
 KINDS = ("ctc", "classify", "slots")
 METRICS = {"per": False, "cer": False, "wer": False, "accuracy": True}
@@ -119,12 +119,7 @@ _BUILTIN = [
 
 
 def _build_registry(tasks: list[Task]) -> dict[str, Task]:
-    reg: dict[str, Task] = {}
-    for t in tasks:
-        if t.name in reg:
-            raise ValueError(f"duplicate task name {t.name!r}")
-        reg[t.name] = t
-    return reg
+    return by_name(tasks, "task name")
 
 
 TASKS: dict[str, Task] = _build_registry(_BUILTIN)

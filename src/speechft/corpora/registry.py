@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..paths import data_home, default_fsdd_root
-from ..utils.names import lookup
+from ..utils.names import by_name, lookup
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
@@ -82,12 +82,7 @@ def _tedlium3(root, out_dir, **kw):
 
 
 def _build(recipes: list[Recipe]) -> dict[str, Recipe]:
-    out: dict[str, Recipe] = {}
-    for r in recipes:
-        if r.name in out:
-            raise ValueError(f"duplicate corpus recipe {r.name!r}")
-        out[r.name] = r
-    return out
+    return by_name(recipes, "corpus recipe")
 
 
 RECIPES: dict[str, Recipe] = _build([

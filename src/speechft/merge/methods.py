@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..utils.names import lookup
+from ..utils.names import by_name, lookup
 
 Tensor = torch.Tensor
 COMPUTE_DTYPE = torch.float64
@@ -213,12 +213,7 @@ def dare_ties(base: Tensor, tuned: Sequence[Tensor], p: MergeParams, generator=N
 
 
 def _build(methods: list[MergeMethod]) -> dict[str, MergeMethod]:
-    out: dict[str, MergeMethod] = {}
-    for m in methods:
-        if m.name in out:
-            raise ValueError(f"duplicate merge method {m.name!r}")
-        out[m.name] = m
-    return out
+    return by_name(methods, "merge method")
 
 
 METHODS: dict[str, MergeMethod] = _build([

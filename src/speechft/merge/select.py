@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..utils.names import lookup
+from ..utils.names import by_name, lookup
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,7 @@ def ft_task_max_drop(records: list[dict], task: str, max_drop: float) -> dict:
 
 
 def _build(rules: list[Rule]) -> dict[str, Rule]:
-    out: dict[str, Rule] = {}
-    for r in rules:
-        if r.name in out:
-            raise ValueError(f"duplicate selection rule {r.name!r}")
-        out[r.name] = r
-    return out
+    return by_name(rules, "selection rule")
 
 
 RULES: dict[str, Rule] = _build([

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .io import append_jsonl, read_jsonl
+from .names import by_name as index_by_name
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,7 @@ def _priorities(jobs: dict[str, Job], workers: int = 1) -> dict[str, float]:
 
 
 def _check_graph(jobs: Sequence[Job]) -> dict[str, Job]:
-    by_name: dict[str, Job] = {}
-    for j in jobs:
-        if j.name in by_name:
-            raise ValueError(f"job {j.name!r} is listed twice")
-        by_name[j.name] = j
+    by_name = index_by_name(jobs, "job")
     for j in jobs:
         missing = [d for d in j.deps if d not in by_name]
         if missing:

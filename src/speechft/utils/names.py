@@ -16,6 +16,17 @@ def unknown_name(kind: str, name: str, known: Iterable[str], n: int = 3, known_l
     return f"unknown {kind} {name!r}{hint}"
 
 
+def by_name(items: Iterable[V], kind: str) -> dict[str, V]:
+    """``{item.name: item}`` for a registry; a name given twice is an error: ``duplicate <kind> 'x'``."""
+    out: dict[str, V] = {}
+    for item in items:
+        name = getattr(item, "name")
+        if name in out:
+            raise ValueError(f"duplicate {kind} {name!r}")
+        out[name] = item
+    return out
+
+
 def lookup(registry: Mapping[str, V], name: str, kind: str, known_label: str = "known") -> V:
     """``registry[name]``, or a KeyError whose message names the closest entries."""
     if name in registry:
