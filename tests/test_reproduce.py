@@ -63,3 +63,36 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path, tiny_model_dir, lite_qui
     monkeypatch.setattr("speechft.finetune.finetune", lambda *a, **k: calls.append(a))
     pipeline.reproduce(dataclasses.replace(cfg), out)
     assert calls == [] and (out / "stages.jsonl").read_text().count('"done"') == done
+
+
+def test_job_graph_shares_extraction_and_feeds_the_sweep(tmp_path):
+    from speechft.pipeline import plan_jobs
+
+    cfg = ReproduceConfig(tasks=("lite-asr", "lite-ks"), baselines=("l2sp",), sweep_alphas=(0.0, 0.25, 0.5, 1.0),
+                          sweep_tasks=("lite-asr",))
+    jobs, models = plan_jobs(cfg, tmp_path, ["lite-asr", "lite-ks"])
+    by = {j.name: j for j in jobs}
+    assert list(models) == ["FBANK", "pre-trained", "regular FT", "Stable-FT", "Speech-FT (α=0.25)", "L2-SP"]
+    # θ₀, Stable-FT and Speech-FT wait for the shared extraction; the others for their own fine-tune
+    for name in ("pre-trained", "Stable-FT", "Speech-FT (α=0.25)"):
+        assert by[f"probe {name} / lite-ks"].deps == ("extract / lite-ks",)
+    assert "finetune-regular" in by["probe regular FT / lite-ks"].deps
+    assert "finetune-l2sp" in by["probe L2-SP / lite-ks"].deps
+    assert by["probe FBANK / lite-ks"].deps == ("prepare tasks",)
+    # only α=0.5 is new: it is extracted with the shared CNN on the sweep task, and probed before the sweep
+    assert by["extract / lite-asr"].kwargs["sweep_alphas"] == [0.5] and by["extract / lite-ks"].kwargs["sweep_alphas"] == []
+    assert set(by["sweep"].deps) == {"probe pre-trained / lite-asr", "probe Stable-FT / lite-asr",
+                                     "probe Speech-FT (α=0.25) / lite-asr", "probe sweep α=0.5 / lite-asr"}
+    assert set(by["analyze"].deps) == {"finetune-regular", "merge"}
+
+
+def test_timing_section_sums_jobs_per_stage_and_gives_the_wall_clock():
+    from speechft.report.markdown import timing_lines
+
+    recs = {"prepare": {"seconds": 2.0, "started": 0.0, "finished": 2.0},
+            "probe A / t1": {"seconds": 5.0, "started": 2.0, "finished": 7.0},
+            "probe A / t2": {"seconds": 4.0, "started": 2.0, "finished": 6.0}}
+    text = "\n".join(timing_lines(recs, {"jobs": 3, "workers": 2, "threads": 1}))
+    assert "| probe A | 2 | 9 |" in text and "| **all jobs** | 3 | 11 |" in text
+    assert "| **wall clock** (first start to last end) | | 7 (0.1 min) |" in text
+    assert "3 jobs on 2 worker process(es) x 1 torch thread(s)" in text
