@@ -256,43 +256,50 @@ def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_l
     with contextlib.ExitStack() as stack:
         tmps = [stack.enter_context(atomic_dir(Path(d), overwrite=True)) for d in out_dirs]
         writers = [stack.enter_context(StreamingSafetensorsWriter(t / SINGLE_FILE, specs, metadata)) for t in tmps]
-        # Two read buffers per input, reused for every tensor: a reader thread fills one set with the
-        # next tensor's inputs while this thread merges and writes the current one from the other
-        # (file reads and torch arithmetic both release the GIL, so they overlap on two cores).
-        # A buffer is refilled only after the tensors read into it were written (writes are synchronous).
+        # Three read buffers per input, reused for every tensor, and two helper threads: while this
+        # thread merges tensor i, the reader fills the next set with tensor i+1's inputs and the writer
+        # writes tensor i-1's outputs (file reads and writes and torch arithmetic all release the GIL).
+        # A set is refilled only once the outputs of the tensor read into it were written: an output
+        # may share memory with its inputs (α=0 gives θ₀ itself, kept tensors are θ₀'s).
         reads = [[s.key for s in specs]] + [[m[k] for k in plan.merged] for m in plan.maps[1:]]
         bufsets = [[torch.empty(max([src.specs[k].nbytes for k in keys], default=0), dtype=torch.uint8)
-                    for src, keys in zip(sources, reads)] for _ in range(2)]
+                    for src, keys in zip(sources, reads)] for _ in range(3)]
 
         def read(i: int):
-            spec, bufs = specs[i], bufsets[i % 2]
+            spec, bufs = specs[i], bufsets[i % 3]
             key = plan.canonical[spec.key]
             base = sources[0].get(spec.key, bufs[0])
             tuned = [s.get(m[key], b) for s, m, b in zip(sources[1:], plan.maps[1:], bufs[1:])] \
                 if key in plan.merged else None
             return base, tuned
 
+        def write(key: str, outs: list) -> None:
+            for w, t in zip(writers, outs):
+                w.write(key, t)
+
         reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-read"))
+        writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-write"))
+        written: dict[int, object] = {}  # tensor index -> future of its writes
         ahead = reader.submit(read, 0) if specs else None
         bar = tqdm(total=len(specs), desc=f"merge ({method.name})", unit="tensor", disable=not progress, leave=False)
         for i, spec in enumerate(specs):
             base, tuned = ahead.result()
-            ahead = reader.submit(read, i + 1) if i + 1 < len(specs) else None
+            if i + 1 < len(specs):
+                if i - 2 in written:  # set (i+1) % 3 held tensor i-2's inputs
+                    written.pop(i - 2).result()
+                ahead = reader.submit(read, i + 1)
             key = plan.canonical[spec.key]
             out_dtype = ST_DTYPES[spec.dtype]
             if tuned is not None:
                 # α-independent work (Σ cᵢ·τᵢ, TIES thresholds) once for all outputs
-                for w, merged in zip(writers, merge_tensors(method, params_list, key, base, tuned, out_dtype)):
-                    w.write(spec.key, merged)
-                    del merged
-                del tuned
+                outs = list(merge_tensors(method, params_list, key, base, tuned, out_dtype))
             else:
-                kept = base.to(out_dtype) if spec.is_float else base
-                for w in writers:
-                    w.write(spec.key, kept)
-                del kept
-            del base
+                outs = [base.to(out_dtype) if spec.is_float else base] * len(writers)
+            written[i] = writer.submit(write, spec.key, outs)
+            del base, tuned, outs
             bar.update(1)
+        for fut in written.values():
+            fut.result()
         bar.close()
         for tmp, card in zip(tmps, cards):
             write_model_files(tmp, sources, dtype, card)
