@@ -60,11 +60,9 @@ def read_stages(out: Path) -> list[dict]:
 
 def grouped(stages: list[dict]) -> dict[str, tuple[int, float]]:
     """Jobs named "<stage> / <task>" summed per stage: {stage: (jobs, seconds)}."""
-    out: dict[str, tuple[int, float]] = {}
-    for r in sorted(stages, key=lambda r: r.get("started", 0.0)):
-        n, s = out.get(r["stage"].split(" / ")[0], (0, 0.0))
-        out[r["stage"].split(" / ")[0]] = (n + 1, s + r["seconds"])
-    return out
+    from speechft.utils.jobs import seconds_by_stage
+
+    return {k: (len(v), sum(v)) for k, v in seconds_by_stage(stages).items()}
 
 
 def table(stages: list[dict], wall: float) -> str:

@@ -252,8 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     global THREADS
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    THREADS = args.threads or cores
+    from speechft.utils.jobs import usable_cores
+
+    THREADS = args.threads or usable_cores()
     rec = measure(args.size, [int(n) for n in args.n_ft.split(",")], args.sweep_points, Path(args.workdir),
                   official=not args.no_official, ties=args.ties, repeats=args.repeats)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine inflates times

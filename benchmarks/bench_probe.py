@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from speechft.models.heads import build_head
     from speechft.models.io import load_encoder
     from speechft.probe import cache as fcache
-    from speechft.probe.runner import encode_targets, git_hash, load_rows, subsample
+    from speechft.probe.runner import encode_targets, git_hash, probe_rows
     from speechft.probe.train import CachedSource, OnlineSource, default_config, train_head
     from speechft.tasks import get_task
     from speechft.utils.io import append_jsonl
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     task = get_task(args.task)
     enc = load_encoder(model).eval()
     manifests = task.resolve_manifests(size=args.size, fsdd_root=args.fsdd)
-    rows = {s: subsample(load_rows(manifests[s], task), args.limit or None) for s in ("train", "dev", "test")}
+    rows = probe_rows(task, manifests, limit=args.limit or None)
     vocab = Vocab.build(task, rows["train"])
     targets = {s: encode_targets(task, vocab, rs, s) for s, rs in rows.items()}
     refs = {s: [vocab.reference(task, r) for r in rs] for s, rs in rows.items()} if task.kind == "ctc" else {}

@@ -17,8 +17,6 @@ missing.
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -228,18 +226,10 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False, wo
     tasks, dropped = _available_tasks(cfg)
     if dropped:
         log.warning("no FSDD copy found (pass --fsdd PATH or set SPEECHFT_FSDD): skipping %s", ", ".join(dropped))
-    auto_workers, auto_threads = default_workers()
-    if workers is None:
-        workers, threads = auto_workers, auto_threads
-    else:
-        if workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {workers}")
-        threads = max(1, (os.cpu_count() or 1) // workers)
+    workers, threads = default_workers(workers)
     jobs, models = plan_jobs(cfg, out, tasks)
     log.info("reproduce: %d jobs on %d worker(s) x %d thread(s)", len(jobs), workers, threads)
-    t0 = time.time()
     run_jobs(jobs, stages, workers=workers, threads=threads)
-    wall = time.time() - t0
     ft_dir = out / "finetune"
     if "early" in cfg.baselines and cfg.early_every:
         for p in sorted((ft_dir / "stable" / "early").glob("step-*")):
@@ -248,6 +238,6 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False, wo
     from .report.markdown import write_report
 
     report = write_report(out, cfg, list(models), tasks, dropped, stages.done,
-                          run_info={"workers": workers, "threads": threads, "wall": wall, "jobs": len(jobs)})
+                          run_info={"workers": workers, "threads": threads, "jobs": len(jobs)})
     log.info("report written to %s", report)
     return report

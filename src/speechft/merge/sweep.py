@@ -173,15 +173,21 @@ def merged_encoders(pretrained: str, finetuned: Sequence[str], alphas: Sequence[
                     majority_sign: str = "total", excluded: str = "keep"):
     """Yield (α, encoder) built in memory exactly as :func:`run_sweep` (``models="memory"``) builds
     them, so their weight fingerprints, hence feature caches and probe records, are shared."""
+    m, _, params, sources, plan = _setup(pretrained, finetuned, parse_alphas(alphas), method, weights, density, seed,
+                                         majority_sign, excluded)
+    yield from _memory_encoders(sources, plan, m, params, {a: sweep_model_name(m.name, a) for a in params})
+
+
+def _setup(pretrained, finetuned, alphas, method, weights, density, seed, majority_sign, excluded):
+    """The method, weights, {α: MergeParams} (each checked), opened sources and key plan of a sweep."""
     m = get_method(method)
     w = tuple(float(x) for x in weights) if weights is not None else None
     params = {a: MergeParams(alpha=a, weights=w, density=density, seed=seed, majority_sign=majority_sign)
-              for a in parse_alphas(alphas)}
+              for a in alphas}
     for p in params.values():
         check_params(m, p, len(finetuned))
     sources = open_sources(pretrained, list(finetuned))
-    plan = plan_keys(sources, excluded=excluded)
-    yield from _memory_encoders(sources, plan, m, params, {a: sweep_model_name(m.name, a) for a in params})
+    return m, w, params, sources, plan_keys(sources, excluded=excluded)
 
 
 def _disk_models(sources, plan, method, params_by_alpha: dict, out_dir: Path, dtype_name="source"):
@@ -235,14 +241,8 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
             raise ValueError(f"--select: task {kw['task']!r} is not among --tasks ({', '.join(tasks)})")
         if rule.name == "ft-task" and 0.0 not in alphas:
             raise ValueError("--select ft-task needs α=0 in --alphas (drops are measured against it)")
-    m = get_method(method)
-    w = tuple(float(x) for x in weights) if weights is not None else None
-    params_by_alpha = {a: MergeParams(alpha=a, weights=w, density=density, seed=seed, majority_sign=majority_sign)
-                       for a in alphas}
-    for p in params_by_alpha.values():
-        check_params(m, p, len(finetuned))
-    sources = open_sources(pretrained, list(finetuned))
-    plan = plan_keys(sources, excluded=excluded)
+    m, w, params_by_alpha, sources, plan = _setup(pretrained, finetuned, alphas, method, weights, density, seed,
+                                                  majority_sign, excluded)
     out_dir = Path(out_dir)
     check_writable(out_dir)
     probe_opts = {"size": size, "seeds": [int(s) for s in seeds], "limit": limit, "epochs": epochs}

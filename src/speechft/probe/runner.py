@@ -82,6 +82,12 @@ def load_rows(manifest: Path, task: Task, skip_bad: bool = False) -> list:
     return load_checked_rows(manifest, task=task, skip_bad=skip_bad)
 
 
+def probe_rows(task: Task, manifests: dict, skip_bad: bool = False, limit: Optional[int] = None) -> dict[str, list]:
+    """The train/dev/test rows a probe uses: validated (:func:`load_rows`), then :func:`subsample`-d.
+    Feature extraction ahead of a probe must select exactly these rows to fill the cache it reads."""
+    return {s: subsample(load_rows(manifests[s], task, skip_bad), limit) for s in ("train", "dev", "test")}
+
+
 def subsample(rows: list, limit: Optional[int]) -> list:
     """At most ``limit`` rows, evenly spread over the manifest (manifests are often sorted by class)."""
     if not limit or len(rows) <= limit:
@@ -142,8 +148,7 @@ def extract_features(
             encoders.append((key, e.to(device) if device != "cpu" else e))
     for task in _resolve_tasks(tasks):
         manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
-        for s in ("train", "dev", "test"):
-            rows = subsample(load_rows(manifests[s], task, skip_bad), limit)
+        for s, rows in probe_rows(task, manifests, skip_bad, limit).items():
             folders = [fcache.split_folder(task, s, size, key, cache_dir) for key, _ in encoders]
             fcache.ensure_features_many([e for _, e in encoders], rows, folders, batch_seconds=extract_batch_seconds,
                                         device=device, desc=f"{task.name} {s} features", progress=progress)
@@ -197,10 +202,10 @@ def run_probe(
     for t in task_list:  # fail on bad training options before any long work
         default_config(t, quick=size == "quick", epochs=epochs, **options)
     # Validate every task's data before training any: a bad file fails in seconds, not after other tasks.
-    task_manifests, checked = {}, {}
+    task_manifests, task_rows = {}, {}
     for t in task_list:
         manifests = task_manifests[t.name] = t.resolve_manifests(size=size, fsdd_root=fsdd_root)
-        checked[t.name] = {s: load_rows(manifests[s], t, skip_bad) for s in ("train", "dev", "test")}
+        task_rows[t.name] = probe_rows(t, manifests, skip_bad, limit)
     out_dir = Path(out_dir)
     check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +255,7 @@ def run_probe(
 
         t0, c0 = time.perf_counter(), time.process_time()
         manifests = task_manifests[task.name]
-        rows = {s: subsample(checked[task.name][s], limit) for s in ("train", "dev", "test")}
+        rows = task_rows[task.name]
         for s, rs in rows.items():
             if not rs:
                 raise ValueError(f"task {task.name}: the {s} manifest {manifests[s]} has no usable rows")

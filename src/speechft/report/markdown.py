@@ -129,10 +129,10 @@ def timing_lines(stages: dict, run_info: Optional[dict] = None) -> list[str]:
 
     Jobs named ``"<stage> / <task>"`` are summed per stage. With several workers the sum of job times
     exceeds the wall clock, so the span from the first job's start to the last one's end is given too."""
-    recs = {k: (v if isinstance(v, dict) else {"seconds": v}) for k, v in stages.items()}
-    groups: dict[str, list] = {}
-    for name, r in sorted(recs.items(), key=lambda kv: kv[1].get("started", 0.0)):
-        groups.setdefault(name.split(" / ")[0], []).append(r["seconds"])
+    from ..utils.jobs import seconds_by_stage
+
+    recs = {k: {"stage": k, **(v if isinstance(v, dict) else {"seconds": v})} for k, v in stages.items()}
+    groups = seconds_by_stage(recs.values())
     lines = ["## Timings", ""]
     if run_info:
         lines += [f"{run_info['jobs']} jobs on {run_info['workers']} worker process(es) x {run_info['threads']} "

@@ -6,7 +6,8 @@ present), then runs the rest:
 
 * ``workers == 1``: one after the other in this process, dependencies first;
 * ``workers > 1``: on a pool of spawned processes, each limited to ``threads`` torch threads, the
-  ready job with the longest remaining chain (cost estimates along its dependents) first.
+  most urgent ready job first (:func:`_priorities`: the longer of the chain of cost estimates after
+  it and the work it gates, shared among the workers).
 
 On small CPU machines two single-thread workers beat one two-thread process: two torch threads on
 2 cores ran the probe stages 1.41x slower than two concurrent single-thread processes (measured in
@@ -57,26 +58,32 @@ class Stages:
         append_jsonl(self.path, rec)
         self.done[name] = rec
 
-    def run(self, name: str, fn: Callable[[], object], outputs: tuple = ()) -> None:
-        """Run one stage in this process unless it is done already."""
-        run_jobs([Job(name, fn, outputs=outputs)], self, workers=1)
 
-    def timings(self) -> dict[str, float]:
-        return {k: v["seconds"] for k, v in self.done.items()}
+def seconds_by_stage(records) -> dict[str, list[float]]:
+    """Job seconds grouped by stage, in order of first start: a job named ``"<stage> / <task>"``
+    counts toward ``<stage>``. ``records``: ``stages.jsonl`` records (dicts with ``stage``, ``seconds``
+    and, when known, ``started``)."""
+    out: dict[str, list[float]] = {}
+    for r in sorted(records, key=lambda r: r.get("started", 0.0)):
+        out.setdefault(r["stage"].split(" / ")[0], []).append(r["seconds"])
+    return out
 
 
-def default_workers() -> tuple[int, int]:
-    """(workers, torch threads per worker) for this machine: one process on a GPU machine (the
-    device is shared), otherwise up to 4 processes splitting the CPU cores."""
-    try:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(workers: Optional[int] = None) -> tuple[int, int]:
+    """(workers, torch threads per worker): by default one process on a GPU machine (the device is
+    shared), otherwise up to 4 processes; the CPU cores are split among the workers."""
+    cores = usable_cores()
+    if workers is None:
         import torch
 
-        if torch.cuda.is_available():
-            return 1, max(1, torch.get_num_threads())
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(4, cores))
+        workers = 1 if torch.cuda.is_available() else max(1, min(4, cores))
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     return workers, max(1, cores // workers)
 
 
