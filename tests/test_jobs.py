@@ -36,9 +36,24 @@ def test_one_worker_runs_dependencies_first_and_resume_skips(tmp_path):
     assert len(read_jsonl(log)) == 3
 
 
+def _meet(path, name, other, timeout=60.0):
+    """Wait until job ``other`` has started too: only possible when both run at the same time (a
+    fixed sleep is not: a second worker process can take longer to start than the first one's job)."""
+    t0 = time.time()
+    (path.parent / f"{name}.started").touch()
+    while not (path.parent / f"{other}.started").exists():
+        if time.time() - t0 > timeout:
+            raise RuntimeError(f"{name}: {other} did not start within {timeout:.0f} s")
+        time.sleep(0.01)
+    append_jsonl(path, {"name": name, "start": t0, "end": time.time(), "pid": os.getpid()})
+
+
 def test_two_workers_run_independent_jobs_at_once(tmp_path):
     log = tmp_path / "log.jsonl"
-    run_jobs(_jobs(log), Stages(tmp_path), workers=2, threads=1, progress=False)
+    jobs = [Job("c", _log, dict(path=log, name="c"), deps=("a", "b")),
+            Job("a", _meet, dict(path=log, name="a", other="b")),
+            Job("b", _meet, dict(path=log, name="b", other="a"))]
+    run_jobs(jobs, Stages(tmp_path), workers=2, threads=1, progress=False)
     recs = {r["name"]: r for r in read_jsonl(log)}
     a, b, c = recs["a"], recs["b"], recs["c"]
     assert a["pid"] != os.getpid() and a["pid"] != b["pid"]  # two worker processes
