@@ -260,8 +260,9 @@ def test_float64_inputs_several_alphas_in_one_pass(models, tmp_path):
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
 def test_several_alphas_share_the_task_sum_and_equal_separate_merges(method):
-    """merge_tensors computes Σ cᵢ·τᵢ once for several α; each result equals merge_tensor and ``fn`` bit for bit."""
-    from speechft.merge.merge import TASK_BLOCK, merge_tensors
+    """merge_tensors computes Σ cᵢ·τᵢ once for several α; each result equals merge_tensor and ``fn`` bit for bit,
+    with the blocks shared out between threads or not."""
+    from speechft.merge.merge import TASK_BLOCK, MathPool, merge_tensors
 
     g = torch.Generator().manual_seed(2)
     base = torch.randn(5, TASK_BLOCK // 4 + 3, generator=g)  # > TASK_BLOCK elements, not a multiple of it
@@ -274,6 +275,14 @@ def test_several_alphas_share_the_task_sum_and_equal_separate_merges(method):
             assert got.dtype == out_dtype and got.shape == base.shape
             assert torch.equal(got, merge_tensor(m, p, "k", base, tuned, out_dtype)), (out_dtype, p.alpha)
             assert torch.equal(got, m.fn(base, tuned, p).to(out_dtype)), (out_dtype, p.alpha)
+        math = MathPool(3)  # 2 blocks: this thread and one helper
+        try:
+            threaded = list(merge_tensors(m, params, "k", base, tuned, out_dtype, math))
+            assert all(torch.equal(a, b) for a, b in zip(threaded, together)), out_dtype
+            one = list(merge_tensors(m, params[1:2], "k", base, tuned, out_dtype, math))[0]  # Σ not shared
+            assert torch.equal(one, together[1])
+        finally:
+            math.close()
     assert torch.equal(together[0], base.half())  # α=0 is θ₀ exactly
 
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import PROJECT, make_tiny_encoder
 from speechft.merge import merge_models
@@ -44,6 +44,40 @@ def test_writer_output_loads_with_safetensors_and_matches_reference(tmp_path):
     from speechft.merge.stream import _read_header  # our own header reader agrees
 
     assert {k: s.shape for k, s in _read_header(path).items()} == {k: tuple(t.shape) for k, t in tensors.items()}
+
+
+def test_mapped_tensors_equal_read_ones_for_every_dtype(tmp_path):
+    tensors = {
+        "a.weight": torch.randn(3, 5),
+        "b.half": torch.randn(7).half(),
+        "c.bf16": torch.randn(2, 2, 2).bfloat16(),
+        "d.ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "e.flag": torch.tensor([True, False, True]),
+        "f.scalar": torch.tensor(3.5, dtype=torch.float64),
+        "g.empty": torch.zeros(0, 4),
+        "h.big": torch.randn(300, 1000),  # spans many pages, starts off a page boundary
+    }
+    (tmp_path / "m").mkdir()
+    save_file(tensors, str(tmp_path / "m" / "model.safetensors"))
+    (tmp_path / "m" / "config.json").write_text("{}")
+    src = SafetensorsDir(tmp_path / "m")
+    assert src.offsets["h.big"] % 4096
+    for k, t in tensors.items():
+        got = src.map(k)
+        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), k
+        assert torch.equal(got, src.get(k)), k
+    merged = merge_models(str(tmp_path / "m"), [str(tmp_path / "m")], tmp_path / "o", alpha=0.3, progress=False)
+    assert all(torch.equal(v, tensors[k]) for k, v in load_file(str(merged / "model.safetensors")).items())
+
+
+def test_merge_leaves_torch_threads_as_it_found_them(tmp_path, tiny_model_dir):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        merge_models(str(tiny_model_dir), [str(tiny_model_dir)], tmp_path / "o", alpha=0.5, progress=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_writer_refuses_wrong_order_shape_and_missing(tmp_path):
@@ -132,8 +166,9 @@ def test_file_truncated_after_opening_is_named_when_read(tmp_path, tiny_model_di
     assert torch.equal(src.get(last), load_file(str(d / "model.safetensors"))[last])
     with open(d / "model.safetensors", "r+b") as f:
         f.truncate(src.offsets[last] + 1)
-    with pytest.raises(ValueError, match=rf"shrinks/model.safetensors: cannot read tensor '{last}' \(truncated"):
-        src.get(last)
+    for read in (src.get, src.map):  # mapped: refused before any page past the end is touched
+        with pytest.raises(ValueError, match=rf"shrinks/model.safetensors: cannot read tensor '{last}' \(truncated"):
+            read(last)
 
 
 @pytest.mark.slow

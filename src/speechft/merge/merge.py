@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 OUTPUT_DTYPES = {"source": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COPIED_FILES = ("preprocessor_config.json",)
 BLOCK = 1 << 16  # elements merged at once (float64 temporaries: a few MiB per input)
-TASK_BLOCK = 1 << 17  # elements at once for θ₀ + α·Σ cᵢ·τᵢ methods (three reused 1 MiB float64 buffers)
+TASK_BLOCK = 1 << 17  # elements at once for θ₀ + α·Σ cᵢ·τᵢ methods (one reused 1 MiB float64 buffer per thread)
 
 
 def resolve_model_dir(ref: str) -> Path:
@@ -120,15 +120,18 @@ def merge_tensor(method: MergeMethod, params: MergeParams, key: str, base: torch
 
 
 def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: str, base: torch.Tensor,
-                  tuned: Sequence[torch.Tensor], out_dtype: torch.dtype) -> Iterator[torch.Tensor]:
+                  tuned: Sequence[torch.Tensor], out_dtype: torch.dtype,
+                  math: Optional["MathPool"] = None) -> Iterator[torch.Tensor]:
     """:func:`merge_tensor` for each of ``params_list`` in turn, sharing the work that does not depend on α.
 
     For θ₀ + α·Σ cᵢ·τᵢ methods (``linear``, ``task_arithmetic``) the arithmetic is that of ``method.fn``,
-    in float64, in blocks of :data:`TASK_BLOCK` elements through three reused buffers, and the result is
-    converted to ``out_dtype`` as it is stored. With several α needing it, Σ cᵢ·τᵢ is computed once (one
-    float64 tensor) and each α costs a conversion and a scaled sum. Otherwise the α-independent statistics
-    (TIES thresholds) are computed once. The values are those of separate calls, bit for bit; a result
-    may share memory with an input (α=0 gives θ₀ itself): write it, do not modify it.
+    in float64, in blocks of :data:`TASK_BLOCK` elements through reused float64 buffers (an input is
+    converted as it is read), and the result is converted to ``out_dtype`` as it is stored. With several
+    α needing it, Σ cᵢ·τᵢ is computed once (one float64 tensor) and each α costs a scaled sum and a
+    conversion. With ``math`` (a :class:`MathPool`), a large tensor's blocks are shared out between
+    threads. Otherwise the α-independent statistics (TIES thresholds) are computed once. The values are
+    those of separate calls, bit for bit; a result may share memory with an input (α=0 gives θ₀
+    itself): write it, do not modify it.
     """
     if method.task_coeffs is None:
         stats = method.prepare(base, tuned, params_list[0]) if method.prepare else None
@@ -140,10 +143,15 @@ def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: 
     coeffs = [method.task_coeffs(p, len(tuned)) for p in params_list]
     sames = [exact_input(base, tuned, c, p.alpha) for c, p in zip(coeffs, params_list)]  # α=0 / θ′ exactly
     pending = [tuple(c) for c, same in zip(coeffs, sames) if same is None]
-    size = min(n, TASK_BLOCK)
-    b64, d64 = torch.empty(size, dtype=COMPUTE_DTYPE), torch.empty(size, dtype=COMPUTE_DTYPE)
-    tmp = torch.empty(size, dtype=COMPUTE_DTYPE) if len(tuned) > 1 or len(pending) > 1 else None
     shared: dict[tuple, torch.Tensor] = {}  # coefficients -> Σ cᵢ·τᵢ (float64), when several α need it
+    in_parts = math.run if math is not None else (lambda n_, fn: fn(slice(0, n_)))
+
+    def each_block(part: slice, fn) -> None:  # fn(block slice, float64 scratch buffer) for the blocks of part
+        scratch = torch.empty(min(TASK_BLOCK, part.stop - part.start), dtype=COMPUTE_DTYPE)
+        for start in range(part.start, part.stop, TASK_BLOCK):
+            sl = slice(start, min(start + TASK_BLOCK, part.stop))
+            fn(sl, scratch[: sl.stop - sl.start])
+
     for p, c, same in zip(params_list, coeffs, sames):
         if same is not None:
             yield same.to(out_dtype)
@@ -151,22 +159,53 @@ def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: 
         delta = shared.get(tuple(c))
         if delta is None and pending.count(tuple(c)) > 1:
             delta = shared[tuple(c)] = torch.empty(n, dtype=COMPUTE_DTYPE)
-            for sl in _blocks(n, TASK_BLOCK):
-                k = delta[sl].numel()
-                task_sum(b64[:k].copy_(flat_base[sl]), [t[sl] for t in flat_tuned], c, delta[sl],
-                         None if tmp is None else tmp[:k])
+            in_parts(n, lambda part: each_block(
+                part, lambda sl, buf: task_sum(flat_base[sl], [t[sl] for t in flat_tuned], c, delta[sl])))
         out = torch.empty(base.shape, dtype=out_dtype)
         flat_out = out.view(-1)
-        for sl in _blocks(n, TASK_BLOCK):
-            k = flat_out[sl].numel()
-            b = b64[:k].copy_(flat_base[sl])
+
+        def merge_block(sl: slice, buf: torch.Tensor, p=p, c=c, delta=delta) -> None:
             if delta is None:  # one α: Σ cᵢ·τᵢ of this block, then θ₀ + α·Σ in place
-                d = task_sum(b, [t[sl] for t in flat_tuned], c, d64[:k], None if tmp is None else tmp[:k])
-                res = torch.add(b, d, alpha=p.alpha, out=d)
+                d = task_sum(flat_base[sl], [t[sl] for t in flat_tuned], c, buf)
+                res = torch.add(flat_base[sl], d, alpha=p.alpha, out=d)
             else:
-                res = torch.add(b, delta[sl], alpha=p.alpha, out=tmp[:k])
+                res = torch.add(flat_base[sl], delta[sl], alpha=p.alpha, out=buf)
             flat_out[sl] = res  # float64 arithmetic, stored as out_dtype (a separate copy is faster than out=)
+
+        in_parts(n, lambda part: each_block(part, merge_block))
         yield out
+
+
+class MathPool:
+    """Threads that share out the blocks of one tensor's arithmetic with the thread that asks.
+
+    ``threads`` in all, the caller's included (``threads - 1`` helpers). Used with torch's own threads
+    off (``torch.set_num_threads(1)``): idle torch threads spin for a while after each parallel
+    operation, taking the CPU that the merge's reader, writer and the disk need.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = max(1, int(threads))
+        self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="merge-math") if self.threads > 1 else None
+
+    def run(self, n: int, fn) -> None:
+        """``fn(part)`` for contiguous parts of range(n), whole :data:`TASK_BLOCK` blocks each, one per thread."""
+        ways = min(self.threads, -(-n // TASK_BLOCK))
+        if ways <= 1:
+            fn(slice(0, n))
+            return
+        step = -(-n // TASK_BLOCK // ways) * TASK_BLOCK
+        parts = [slice(start, min(start + step, n)) for start in range(0, n, step)]
+        futures = [self.pool.submit(fn, part) for part in parts[1:]]
+        try:
+            fn(parts[0])
+        finally:
+            for f in futures:
+                f.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def output_specs(plan: KeyPlan, dtype: Optional[torch.dtype]) -> list[TensorSpec]:
@@ -256,27 +295,29 @@ def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_l
     with contextlib.ExitStack() as stack:
         tmps = [stack.enter_context(atomic_dir(Path(d), overwrite=True)) for d in out_dirs]
         writers = [stack.enter_context(StreamingSafetensorsWriter(t / SINGLE_FILE, specs, metadata)) for t in tmps]
-        # Three read buffers per input, reused for every tensor, and two helper threads: while this
-        # thread merges tensor i, the reader fills the next set with tensor i+1's inputs and the writer
-        # writes tensor i-1's outputs (file reads and writes and torch arithmetic all release the GIL).
-        # A set is refilled only once the outputs of the tensor read into it were written: an output
-        # may share memory with its inputs (α=0 gives θ₀ itself, kept tensors are θ₀'s).
-        reads = [[s.key for s in specs]] + [[m[k] for k in plan.merged] for m in plan.maps[1:]]
-        bufsets = [[torch.empty(max([src.specs[k].nbytes for k in keys], default=0), dtype=torch.uint8)
-                    for src, keys in zip(sources, reads)] for _ in range(3)]
-
+        # Two helper threads: while this thread merges tensor i, the reader maps tensor i+1's inputs
+        # (``SafetensorsDir.map``: the file's pages, fetched now if not cached, nothing copied) and the
+        # writer writes tensor i-1's outputs (file IO and torch arithmetic release the GIL). A mapped
+        # input is unmapped when its last view goes, once its outputs were written: an output may be
+        # its input itself (α=0 gives θ₀, kept tensors are θ₀'s).
         def read(i: int):
-            spec, bufs = specs[i], bufsets[i % 3]
+            spec = specs[i]
             key = plan.canonical[spec.key]
-            base = sources[0].get(spec.key, bufs[0])
-            tuned = [s.get(m[key], b) for s, m, b in zip(sources[1:], plan.maps[1:], bufs[1:])] \
-                if key in plan.merged else None
+            base = sources[0].map(spec.key)
+            tuned = [s.map(m[key]) for s, m in zip(sources[1:], plan.maps[1:])] if key in plan.merged else None
             return base, tuned
 
         def write(key: str, outs: list) -> None:
             for w, t in zip(writers, outs):
                 w.write(key, t)
 
+        # A tensor's arithmetic is shared out between this thread and the MathPool's, as many threads
+        # as torch would use, with torch's own threads off meanwhile (see MathPool).
+        threads = torch.get_num_threads()
+        math = MathPool(threads)
+        stack.callback(math.close)
+        torch.set_num_threads(1)
+        stack.callback(torch.set_num_threads, threads)
         reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-read"))
         writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-write"))
         written: dict[int, object] = {}  # tensor index -> future of its writes
@@ -285,14 +326,14 @@ def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_l
         for i, spec in enumerate(specs):
             base, tuned = ahead.result()
             if i + 1 < len(specs):
-                if i - 2 in written:  # set (i+1) % 3 held tensor i-2's inputs
+                if i - 2 in written:  # at most three tensors' inputs in memory
                     written.pop(i - 2).result()
                 ahead = reader.submit(read, i + 1)
             key = plan.canonical[spec.key]
             out_dtype = ST_DTYPES[spec.dtype]
             if tuned is not None:
                 # α-independent work (Σ cᵢ·τᵢ, TIES thresholds) once for all outputs
-                outs = list(merge_tensors(method, params_list, key, base, tuned, out_dtype))
+                outs = list(merge_tensors(method, params_list, key, base, tuned, out_dtype, math))
             else:
                 outs = [base.to(out_dtype) if spec.is_float else base] * len(writers)
             written[i] = writer.submit(write, spec.key, outs)

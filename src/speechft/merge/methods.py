@@ -87,23 +87,20 @@ def exact_input(base: Tensor, tuned: Sequence[Tensor], coeffs: Sequence[float], 
     return None
 
 
-def task_sum(base64: Tensor, tuned: Sequence[Tensor], coeffs: Sequence[float], out: Optional[Tensor] = None,
-             tmp: Optional[Tensor] = None) -> Tensor:
-    """Σ cᵢ·(θ′ᵢ − θ₀) = Σ cᵢ·θ′ᵢ − (Σ cᵢ)·θ₀ in float64 (into ``out``, float64, if given); ``base64`` is θ₀ in float64.
+def task_sum(base: Tensor, tuned: Sequence[Tensor], coeffs: Sequence[float], out: Optional[Tensor] = None) -> Tensor:
+    """Σ cᵢ·(θ′ᵢ − θ₀) = Σ cᵢ·θ′ᵢ − (Σ cᵢ)·θ₀ in float64 (into ``out``, float64, if given).
 
-    One converting copy and one scaled sum per model, one last scaled subtraction; no temporaries but
-    ``tmp`` (one more float64 tensor, with several non-float64 models).
+    One converting copy, then one scaled sum per further model and a last scaled subtraction, each
+    into ``out``: torch converts a float32/16 operand to float64 as it reads it (the arithmetic is float64,
+    as with converted copies, without the copies).
     """
-    out = torch.empty(base64.shape, dtype=COMPUTE_DTYPE) if out is None else out
+    out = torch.empty(base.shape, dtype=COMPUTE_DTYPE) if out is None else out
     out.copy_(tuned[0])
     if coeffs[0] != 1:
         out.mul_(coeffs[0])
     for t, c in zip(tuned[1:], coeffs[1:]):
-        if t.dtype != COMPUTE_DTYPE:
-            tmp = torch.empty_like(out) if tmp is None else tmp
-            t = tmp.copy_(t)
         out.add_(t, alpha=c)
-    return out.sub_(base64, alpha=float(sum(coeffs)))
+    return out.sub_(base, alpha=float(sum(coeffs)))
 
 
 def _task_form(base: Tensor, tuned: Sequence[Tensor], coeffs: Sequence[float], alpha: float) -> Tensor:

@@ -1,10 +1,11 @@
 """Streaming safetensors IO: read one tensor at a time, write a file whose header is known up front.
 
 Reading: the header gives each tensor's byte range, so :meth:`SafetensorsDir.get` reads exactly those
-bytes with plain ``readinto`` calls into a new tensor, or into a buffer the caller reuses from tensor to
-tensor (no memory map, no header re-parsing per tensor). Only what was read is resident: reading with
-read() does not grow RSS the way touching the pages of a memory map does (measured with ``safe_open``:
-+404 MiB RSS after reading a 400 MiB file through one handle), so the peak stays near one tensor per input.
+bytes with plain ``readinto`` calls into a new tensor (or a buffer the caller reuses), and
+:meth:`SafetensorsDir.map` maps exactly those pages, for that tensor alone, and unmaps them when the
+tensor goes: the merge reads its inputs this way, without copying them. Either way only the tensors in
+use are resident. (One map of the whole file, as ``safe_open`` does, keeps every page touched resident:
++404 MiB RSS after reading a 400 MiB file through one handle.)
 
 Writing: the safetensors format is an 8-byte little-endian header length, a JSON header mapping each
 name to ``{dtype, shape, data_offsets}``, then the raw little-endian bytes. Shapes and dtypes of the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import struct
 import sys
@@ -186,6 +188,37 @@ class SafetensorsDir:
             raise ValueError(f"{path}: cannot read tensor {key!r} ({e})") from None
         return buf.view(ST_DTYPES[spec.dtype]).reshape(spec.shape)
 
+    def map(self, key: str) -> torch.Tensor:
+        """One tensor as a read-only view of the file's pages, mapped for this tensor alone.
+
+        No bytes are copied: the pages the kernel already caches are mapped into this process (fetched
+        from disk now, if they are not cached, by ``MAP_POPULATE``), and unmapped once the tensor and
+        every view of it are gone, so only the tensors in use count towards the resident memory. The
+        tensor must not be written to. Where mapping is not possible (a big-endian machine, a platform
+        without ``MAP_POPULATE``, data not aligned for its dtype) this is :meth:`get`. A file found
+        shorter than its header says is reported as :meth:`get` reports it; one truncated while the
+        tensor is alive would kill the process when the vanished pages are read.
+        """
+        path, spec = self.files[key], self.specs[key]
+        offset = self.offsets[key]
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        if (not spec.numel or sys.byteorder != "little" or not hasattr(mmap, "MAP_POPULATE")
+                or (offset - start) % ITEMSIZE[spec.dtype]):
+            return self.get(key)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < offset + spec.nbytes:  # mapped pages past the end would kill the process when read
+                    raise ValueError(f"truncated or corrupt checkpoint file: {offset + spec.nbytes - size} of "
+                                     f"{spec.nbytes} bytes missing at the end")
+                region = mmap.mmap(f.fileno(), offset - start + spec.nbytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                                   prot=mmap.PROT_READ, offset=start)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read tensor {key!r} ({e})") from None
+        _allow_read_only_tensors()
+        t = torch.frombuffer(region, dtype=ST_DTYPES[spec.dtype], count=spec.numel, offset=offset - start)
+        return t.reshape(spec.shape)
+
     def _get_safe_open(self, key: str) -> torch.Tensor:
         from safetensors import safe_open
 
@@ -194,6 +227,25 @@ class SafetensorsDir:
                 return f.get_tensor(key)
         except Exception as e:  # SafetensorError is not an OSError/ValueError
             raise ValueError(f"{self.files[key]}: cannot read tensor {key!r} ({e})") from None
+
+
+_READ_ONLY_OK = False
+
+
+def _allow_read_only_tensors() -> None:
+    """Silence torch's warning about tensors over read-only memory (once per process, as torch does).
+
+    torch warns the first time a tensor is made from a read-only buffer, then never again; the mapped
+    tensors of :meth:`SafetensorsDir.map` are read-only by design, so that one warning is consumed here.
+    """
+    global _READ_ONLY_OK
+    if not _READ_ONLY_OK:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            torch.frombuffer(bytes(1), dtype=torch.uint8)
+        _READ_ONLY_OK = True
 
 
 class MemorySource:
@@ -213,6 +265,8 @@ class MemorySource:
 
     def get(self, key: str, buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.tensors[key]
+
+    map = get
 
 
 def read_json(path: Path) -> dict:
