@@ -1,7 +1,8 @@
 """Run every benchmark in this folder (``make bench``); each prints its figures and appends a JSON
 record to benchmarks/results/. Pass names to run a subset: ``python benchmarks/run_all.py merge probe``.
 
-``e2e`` is ``reproduce --quick``; ``e2e-full`` is the full ``make demo`` run from an empty data home
+``probe`` is a pooled head (lite-ks), ``probe-ctc`` a linear CTC head on frames (lite-pr, 60 utterances
+per split); ``e2e`` is ``reproduce --quick``; ``e2e-full`` is the full ``make demo`` run from an empty data home
 (data synthesis and every feature extraction timed), about 12 of the 20 minutes on 2 cores."""
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # name -> (script, arguments)
-BENCHES = {"merge": ("merge", []), "probe": ("probe", []), "finetune": ("finetune", []), "e2e": ("e2e", ["--fresh-data"]),
-           "e2e-full": ("e2e", ["--full", "--fresh-data"])}
+BENCHES = {"merge": ("merge", []), "probe": ("probe", []), "probe-ctc": ("probe", ["--task", "lite-pr", "--limit", "60"]),
+           "finetune": ("finetune", []), "e2e": ("e2e", ["--fresh-data"]), "e2e-full": ("e2e", ["--full", "--fresh-data"])}
 ORDER = list(BENCHES)
 
 

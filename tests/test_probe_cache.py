@@ -124,6 +124,48 @@ def test_length_sorted_extraction_batches():
     assert all(len(b) * max(d[i] for i in b) <= 4.0 or len(b) == 1 for b in batches)
 
 
+def test_cached_frames_in_ram_or_per_batch_are_the_padded_cache(tmp_path, tones, monkeypatch):
+    """Frame batches ([L+1, B, T, F] float32, zero-padded) equal the cached float16 frames, whether the
+    split was loaded into RAM once or is read per batch from the shards."""
+    enc = make_tiny_encoder()
+    rows = read_manifest(tones.manifests[0])
+    c = fcache.ensure_features(enc, rows, tmp_path / "f", progress=False)
+    ids = [r.id for r in rows]
+    idx = [3, 0, len(ids) - 1, 5]
+    frames = c.frames([ids[i] for i in idx])
+    T = max(f.shape[0] for f in frames)
+    expect = np.zeros((len(idx), T) + frames[0].shape[1:], dtype=np.float32)
+    for b, f in enumerate(frames):
+        expect[b, : f.shape[0]] = f
+    expect = torch.from_numpy(expect).permute(2, 0, 1, 3)
+    for budget in (CachedSource.FRAMES_IN_RAM_BYTES, 0):
+        monkeypatch.setattr(CachedSource, "FRAMES_IN_RAM_BYTES", budget)
+        src = CachedSource(c, ids)
+        x, lens = src.inputs(idx, pooled=False)
+        assert x.dtype == torch.float32 and torch.equal(x, expect), budget
+        assert lens.tolist() == [f.shape[0] for f in frames]
+        assert (src._frames_all is not None) == (budget > 0)
+
+
+def test_weighted_layer_sum_takes_a_list_or_a_stacked_tensor():
+    from speechft.models.heads import LastLayer, WeightedLayerSum
+
+    g = torch.Generator().manual_seed(0)
+    states = [torch.randn(2, 7, 5, generator=g) for _ in range(4)]
+    mix = WeightedLayerSum(4)
+    with torch.no_grad():
+        mix.weights.copy_(torch.tensor([0.3, -1.0, 2.0, 0.1]))
+    w = torch.softmax(mix.weights.detach(), 0)
+    expect = sum(wi * s for wi, s in zip(w, states))
+    torch.testing.assert_close(mix(states), expect, rtol=1e-6, atol=1e-6)
+    assert torch.equal(mix(torch.stack(states)), mix(states))
+    assert torch.equal(LastLayer()(torch.stack(states)), states[-1]) and LastLayer()(states[0]) is states[0]
+    mix(torch.stack(states)).sum().backward()  # the layer weights get their gradient through the product
+    assert mix.weights.grad is not None and mix.weights.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="expected 4 hidden states, got 3"):
+        mix(states[:3])
+
+
 def test_online_source_matches_cached_training(tmp_path, tones):
     """The s3prl way (encoder at every step) and cached features give the same result within fp16 noise."""
     enc = CountingEncoder(make_tiny_encoder())

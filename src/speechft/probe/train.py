@@ -3,7 +3,8 @@
 Feature sources give the head what it would get from the frozen encoder:
 
     source.inputs(idx, pooled) -> (states, frame_lens)
-        states      list of L+1 FloatTensor [B, T, F]   (T = longest utterance of the batch)
+        states      list of L+1 FloatTensor [B, T, F]   (T = longest utterance of the batch),
+                    or the same stacked in one FloatTensor [L+1, B, T, F] (cached frames),
                     or, for ``pooled=True`` on a cached source, list of L+1 FloatTensor [B, 1, F]
                     holding each utterance's per-layer mean (frame_lens then all ones)
         frame_lens  LongTensor [B]
@@ -96,15 +97,21 @@ def uses_pooled(task) -> bool:
 class CachedSource:
     """Features of one split read from a :class:`~speechft.probe.cache.FeatureCache`."""
 
-    # Pooled vectors of a split smaller than this are read once into RAM (lite: ~3 MB per split);
-    # bigger ones are read per batch from the memory-mapped shards.
+    # A split whose pooled vectors (lite: ~3 MB per split), resp. frames as float32 (lite-pr, 60
+    # utterances: ~36 MB), fit in this many bytes is read once into RAM, the frames converted to
+    # float32 and laid out [L+1, frames, F] once; a bigger one is read per batch from the
+    # memory-mapped shards. Reading, converting and padding float16 frames at every batch was a third
+    # of a linear CTC head's training time.
     POOLED_IN_RAM_BYTES = 256 * 2**20
+    FRAMES_IN_RAM_BYTES = 512 * 2**20
 
     def __init__(self, cache, ids: Sequence[str]):
         self.cache = cache
         self.ids = list(ids)
         self.lengths = [cache.num_frames(u) for u in self.ids]
         self._pooled_all: Optional[torch.Tensor] = None
+        self._frames_all: Optional[torch.Tensor] = None  # [L+1, Σ frames, F] float32
+        self._offsets: list[int] = []
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -114,13 +121,29 @@ class CachedSource:
         if pooled:
             p = self._pooled_rows(idx, ids)  # [B, L+1, F]
             return list(p[:, :, None, :].unbind(1)), torch.ones(len(ids), dtype=torch.long)
-        frames = self.cache.frames(ids)  # list of [T_i, L+1, F] float16
-        T = max(f.shape[0] for f in frames)
-        buf = np.zeros((len(frames), T) + frames[0].shape[1:], dtype=np.float32)
+        frames = self._frame_rows(idx, ids)  # list of [L+1, T_i, F]
+        T = max(f.shape[1] for f in frames)
+        x = torch.zeros((frames[0].shape[0], len(frames), T, frames[0].shape[2]), dtype=torch.float32)
         for b, f in enumerate(frames):
-            buf[b, : f.shape[0]] = f
-        x = torch.from_numpy(buf).permute(2, 0, 1, 3)  # [L+1, B, T, F]
-        return list(x.unbind(0)), torch.tensor([f.shape[0] for f in frames], dtype=torch.long)
+            x[:, b, : f.shape[1]] = f  # float16 -> float32 as it is copied, when read per batch
+        return x, torch.tensor([f.shape[1] for f in frames], dtype=torch.long)  # x: [L+1, B, T, F]
+
+    def _frame_rows(self, idx: Sequence[int], ids: Sequence[str]) -> list[torch.Tensor]:
+        if self._frames_all is None and self.ids:
+            one = self.cache.frames(self.ids[:1])[0]  # [T, L+1, F] float16
+            per_frame = one[0].size * 4
+            if per_frame * sum(self.lengths) <= self.FRAMES_IN_RAM_BYTES:
+                everything = torch.empty((one.shape[1], sum(self.lengths), one.shape[2]), dtype=torch.float32)
+                self._offsets, off = [], 0
+                for start in range(0, len(self.ids), 256):
+                    for f in self.cache.frames(self.ids[start: start + 256]):
+                        everything[:, off: off + f.shape[0]] = torch.from_numpy(f).transpose(0, 1)
+                        self._offsets.append(off)
+                        off += f.shape[0]
+                self._frames_all = everything
+        if self._frames_all is not None:
+            return [self._frames_all[:, self._offsets[i]: self._offsets[i] + self.lengths[i]] for i in idx]
+        return [torch.from_numpy(f).transpose(0, 1) for f in self.cache.frames(ids)]
 
 
     def _pooled_rows(self, idx: Sequence[int], ids: Sequence[str]) -> torch.Tensor:
@@ -237,6 +260,16 @@ def _intra_op_threads(n: Optional[int]):
         torch.set_num_threads(before)
 
 
+def head_threads(head, pooled: bool, device: str) -> Optional[int]:
+    """torch threads while ``head`` trains on CPU: 1 for heads made of small operations (pooled
+    vectors; a BiLSTM's per-frame recurrence, see :func:`_intra_op_threads`), the caller's (None) for
+    a linear head on frames: its [B·T, (L+1)·F] products are big enough to share out (linear CTC on
+    lite-pr, 2 idle cores: 1.2 s with 2 threads, 1.6 s with 1)."""
+    if device != "cpu":
+        return None
+    return 1 if pooled or getattr(head, "rnn", None) is not None or getattr(head, "kind", None) != "ctc" else None
+
+
 def _better(a: float, b: Optional[float], higher: bool) -> bool:
     return b is None or (a > b if higher else a < b)
 
@@ -254,7 +287,7 @@ def train_head(head, task, vocab, sources: dict, targets: dict, refs: dict, cfg:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     head.to(device)
-    with _intra_op_threads(1 if device == "cpu" else None):
+    with _intra_op_threads(head_threads(head, pooled, device)):
         return _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pooled, progress, desc, device)
 
 
@@ -262,6 +295,8 @@ def _to(batch, device: str):
     states, frame_lens = batch
     if device == "cpu":
         return states, frame_lens
+    if torch.is_tensor(states):
+        return states.to(device, non_blocking=True), frame_lens.to(device)
     return [s.to(device, non_blocking=True) for s in states], frame_lens.to(device)
 
 
