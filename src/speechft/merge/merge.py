@@ -87,10 +87,6 @@ def tensor_seed(seed: int, key: str, block: int = 0) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _blocks(n: int, size: int) -> Iterator[slice]:
-    return (slice(start, start + size) for start in range(0, n, size))
-
-
 def merge_tensor(method: MergeMethod, params: MergeParams, key: str, base: torch.Tensor,
                  tuned: Sequence[torch.Tensor], out_dtype: torch.dtype, stats: Optional[dict] = None) -> torch.Tensor:
     """One merged parameter in ``out_dtype`` (a new tensor); ``key`` (canonical name) seeds random methods.
