@@ -4,7 +4,8 @@
     python benchmarks/bench_probe.py --task lite-pr --epochs 5 --limit 60
 
 Both runs train the same head (same task, seed, epochs, batches, learning rate) and select on dev
-every epoch; they differ only in where the hidden states come from:
+every epoch; they differ only in where the hidden states come from (an untimed encoder forward on a
+few utterances comes first, so that neither run pays the process's one-time start-up costs):
 
 * cached: the encoder runs once per utterance into a fresh on-disk float16 cache, every epoch reads
   the cache (classification heads read the pooled per-layer vectors);
@@ -79,6 +80,14 @@ def main(argv=None) -> int:
         head = build_head(task, enc.hidden_size, enc.num_layers + 1, vocab)
         return train_head(head, task, vocab, sources, targets, refs, cfg, args.seed, enc.frame_rate, progress=True,
                           desc=task.name)
+
+    # Untimed warm-up: the first encoder forward and head step of a process pay one-time costs (thread
+    # pool start, kernel selection, allocator growth) that would otherwise fall on whichever run is first.
+    from speechft.data.dataset import AudioDataset, collate
+
+    warm = collate([AudioDataset(rows["train"][:4])[i] for i in range(min(4, len(rows["train"])))])
+    with torch.inference_mode():
+        enc(warm["wav"], warm["wav_lens"])
 
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
         t0 = time.perf_counter()

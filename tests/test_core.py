@@ -94,6 +94,14 @@ def test_heads_shapes_and_losses():
     assert [o.shape[1] for o in out] == [3, 2] and len(sl.predict(out, fl)[0]) == 2
 
 
+def test_ctc_greedy_decoding_collapses_runs_then_drops_blanks():
+    frames = [[1, 1, 0, 1, 2, 2, 0, 0, 3, 3], [0, 0, 4, 4, 4, 0, 5, 9, 9, 9]]  # argmax per frame
+    logits = torch.nn.functional.one_hot(torch.tensor(frames), 10).float()
+    got = CTCHead(8, 10).predict(logits, torch.tensor([10, 7]))  # the second row ends after frame 7
+    assert got == [[1, 1, 2, 3], [4, 5]]
+    assert CTCHead(8, 10).predict(logits, torch.tensor([0, 2])) == [[], []]
+
+
 def test_vocab_ctc_and_slots():
     t = get_task("lite-asr")
     rows = [Utterance(id="a", audio="/x", text="ab c"), Utterance(id="b", audio="/y", text="ca")]

@@ -151,12 +151,8 @@ class CTCHead(_Head):
         best = logits.argmax(-1).cpu()
         out = []
         for b in range(best.shape[0]):
-            seq, prev = [], -1
-            for t in best[b, : int(frame_lens[b])].tolist():
-                if t != prev and t != 0:
-                    seq.append(t)
-                prev = t
-            out.append(seq)
+            runs = torch.unique_consecutive(best[b, : int(frame_lens[b])])  # one token per run of frames
+            out.append(runs[runs != 0].tolist())
         return out
 
 
