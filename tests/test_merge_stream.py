@@ -19,8 +19,9 @@ def spec_of(key, t):
     return TensorSpec(key, TORCH_TO_ST[t.dtype], tuple(t.shape))
 
 
-def test_writer_output_loads_with_safetensors_and_matches_reference(tmp_path):
-    tensors = {
+def every_dtype() -> dict:
+    """One small tensor of each kind a checkpoint may hold, a scalar and an empty one included."""
+    return {
         "a.weight": torch.randn(3, 5),
         "b.half": torch.randn(7).half(),
         "c.bf16": torch.randn(2, 2, 2).bfloat16(),
@@ -29,6 +30,10 @@ def test_writer_output_loads_with_safetensors_and_matches_reference(tmp_path):
         "f.scalar": torch.tensor(3.5, dtype=torch.float64),
         "g.empty": torch.zeros(0, 4),
     }
+
+
+def test_writer_output_loads_with_safetensors_and_matches_reference(tmp_path):
+    tensors = every_dtype()
     path = tmp_path / "w.safetensors"
     with StreamingSafetensorsWriter(path, [spec_of(k, t) for k, t in tensors.items()], {"format": "pt"}) as w:
         for k, t in tensors.items():
@@ -47,16 +52,7 @@ def test_writer_output_loads_with_safetensors_and_matches_reference(tmp_path):
 
 
 def test_mapped_tensors_equal_read_ones_for_every_dtype(tmp_path):
-    tensors = {
-        "a.weight": torch.randn(3, 5),
-        "b.half": torch.randn(7).half(),
-        "c.bf16": torch.randn(2, 2, 2).bfloat16(),
-        "d.ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
-        "e.flag": torch.tensor([True, False, True]),
-        "f.scalar": torch.tensor(3.5, dtype=torch.float64),
-        "g.empty": torch.zeros(0, 4),
-        "h.big": torch.randn(300, 1000),  # spans many pages, starts off a page boundary
-    }
+    tensors = {**every_dtype(), "h.big": torch.randn(300, 1000)}  # h.big spans pages, starts off a page boundary
     (tmp_path / "m").mkdir()
     save_file(tensors, str(tmp_path / "m" / "model.safetensors"))
     (tmp_path / "m" / "config.json").write_text("{}")
