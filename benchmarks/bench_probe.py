@@ -2,6 +2,7 @@
 
     python benchmarks/bench_probe.py                       # lite-ks, 120 utterances per split, 20 epochs
     python benchmarks/bench_probe.py --task lite-pr --epochs 5 --limit 60
+    python benchmarks/bench_probe.py --task lite-pr --limit 0 --device cuda   # on a GPU machine
 
 Both runs train the same head (same task, seed, epochs, batches, learning rate) and select on dev
 every epoch; they differ only in where the hidden states come from (an untimed encoder forward on a
@@ -46,6 +47,8 @@ def main(argv=None) -> int:
                          "pass over train+dev per epoch, so the speed-up grows with epochs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fsdd", default=None)
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="where the encoder and the heads run (auto: cuda when there is one)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
 
@@ -61,9 +64,13 @@ def main(argv=None) -> int:
     from speechft.utils.io import append_jsonl
     from speechft.vocab import Vocab
 
+    device = "cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and device != "cuda":
+        print("--device cuda: no CUDA device here", file=sys.stderr)
+        return 2
     model = args.model or default_model()
     task = get_task(args.task)
-    enc = load_encoder(model).eval()
+    enc = load_encoder(model).eval().to(device)
     manifests = task.resolve_manifests(size=args.size, fsdd_root=args.fsdd)
     rows = probe_rows(task, manifests, limit=args.limit or None)
     vocab = Vocab.build(task, rows["train"])
@@ -73,13 +80,13 @@ def main(argv=None) -> int:
     seconds = {s: sum(r.duration or 0.0 for r in rs) for s, rs in rows.items()}
     print(f"model {model} ({enc.num_layers} layers x {enc.hidden_size}), task {task.name} ({task.head}), "
           f"utterances {({s: len(r) for s, r in rows.items()})}, audio {sum(seconds.values()) / 60:.1f} min, "
-          f"epochs {cfg.epochs}, torch threads {torch.get_num_threads()}", flush=True)
+          f"epochs {cfg.epochs}, device {device}, torch threads {torch.get_num_threads()}", flush=True)
 
     def run(sources):
         torch.manual_seed(args.seed)
         head = build_head(task, enc.hidden_size, enc.num_layers + 1, vocab)
         return train_head(head, task, vocab, sources, targets, refs, cfg, args.seed, enc.frame_rate, progress=True,
-                          desc=task.name)
+                          desc=task.name, device=device)
 
     # Untimed warm-up: the first encoder forward and head step of a process pay one-time costs (thread
     # pool start, kernel selection, allocator growth) that would otherwise fall on whichever run is first.
@@ -87,19 +94,19 @@ def main(argv=None) -> int:
 
     warm = collate([AudioDataset(rows["train"][:4])[i] for i in range(min(4, len(rows["train"])))])
     with torch.inference_mode():
-        enc(warm["wav"], warm["wav_lens"])
+        enc(warm["wav"].to(device), warm["wav_lens"].to(device))
 
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
         t0 = time.perf_counter()
-        cached = {s: CachedSource(fcache.ensure_features(enc, rs, Path(tmp) / s, progress=True), [r.id for r in rs])
-                  for s, rs in rows.items()}
+        cached = {s: CachedSource(fcache.ensure_features(enc, rs, Path(tmp) / s, device=device, progress=True),
+                                  [r.id for r in rs]) for s, rs in rows.items()}
         t_extract = time.perf_counter() - t0
         res_c = run(cached)
         t_cached = time.perf_counter() - t0
     print(f"cached : {t_cached:8.1f} s (extract {t_extract:.1f} s + train {res_c['train_seconds']:.1f} s)  "
           f"test {task.metric} {res_c['value']:.4f}  dev {res_c['dev_value']:.4f}", flush=True)
 
-    online = {s: OnlineSource(enc, rs) for s, rs in rows.items()}
+    online = {s: OnlineSource(enc, rs, device) for s, rs in rows.items()}
     for s in online:  # the same length buckets as the cached run, so both see identical batches
         online[s].lengths = cached[s].lengths
     t0 = time.perf_counter()
@@ -123,6 +130,7 @@ def main(argv=None) -> int:
         "online": {"seconds": round(t_online, 2), "encoder_forwards": forwards, "value": res_o["value"],
                    "dev_value": res_o["dev_value"]},
         "speedup": round(speedup, 2), "metric_abs_diff": diff,
+        "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(),
         "platform": platform.platform(), "torch": torch.__version__, "package_version": __version__,
         "git_hash": git_hash(),

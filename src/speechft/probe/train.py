@@ -180,8 +180,8 @@ class OnlineSource:
         with torch.inference_mode(), _intra_op_threads(self.threads):
             states, frame_lens = self.encoder(batch["wav"].to(self.device), batch["wav_lens"].to(self.device))
         self.forwards += 1
-        T = states[0].shape[1]
-        return [s.float().cpu().clone() for s in states], frame_lens.clamp(min=1, max=T).cpu()
+        T = states[0].shape[1]  # clone: plain tensors (usable by autograd) on the encoder's device
+        return [s.float().clone() for s in states], frame_lens.clamp(min=1, max=T)
 
 
 # -- batching ----------------------------------------------------------------------------------
