@@ -15,8 +15,8 @@ folder with ``shutil.copyfile`` (an in-kernel copy on Linux) and every other inp
 merge makes its output durable before renaming it into place (fsync, as every file the toolkit writes),
 so the floor fsyncs its copy too (``io_floor_n*``, the ``x io floor`` column); without that one fsync the
 floor measures how fast the page cache absorbs the bytes, not the disk (``io_floor_nosync_n*``, the
-``x no-fsync`` column, also recorded). Inputs are in the page cache (just written), so reading is
-memory-copy bound; writing is bound by the disk. Before every measured run the benchmark calls
+``x no-fsync`` column, also recorded). Inputs are in the page cache (just written): the floor's reads
+are memory copies, the merge maps the cached pages without copying; writing is bound by the disk. Before every measured run the benchmark calls
 ``os.sync()`` (untimed), so that no run pays for the write-back of files written before it.
 
 Results are printed and appended as one JSON record to benchmarks/results/merge.jsonl.
