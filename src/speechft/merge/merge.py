@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..utils.io import atomic_dir, check_writable
+from ..utils.jobs import intra_op_threads
 from .keys import KeyPlan, check_architectures, plan_keys
 from .methods import COMPUTE_DTYPE, MergeMethod, MergeParams, check_params, describe, exact_input, get_method, task_sum
 from .stream import SINGLE_FILE, ST_DTYPES, TORCH_TO_ST, SafetensorsDir, StreamingSafetensorsWriter, TensorSpec
@@ -312,8 +313,7 @@ def stream_merge(sources: Sequence, plan: KeyPlan, method: MergeMethod, params_l
         threads = torch.get_num_threads()
         math = MathPool(threads)
         stack.callback(math.close)
-        torch.set_num_threads(1)
-        stack.callback(torch.set_num_threads, threads)
+        stack.enter_context(intra_op_threads(1))
         reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-read"))
         writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-write"))
         written: dict[int, object] = {}  # tensor index -> future of its writes

@@ -10,7 +10,6 @@ of target sequences (``$SPEECHFT_HOME/pretrain-targets/<key>.npz``).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -25,22 +24,11 @@ from tqdm.auto import tqdm
 
 from ..paths import data_home
 from ..utils.io import atomic_write_bytes
+from ..utils.jobs import intra_op_threads
 from .data import AudioStore
 from .mfcc import mfcc
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Per-utterance feature extraction is many small ops: one thread is several times faster
-    than two on a busy machine (thread hand-offs dominate)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 class FeatureSource:
@@ -120,7 +108,7 @@ def fit_codebook(store: AudioStore, source: FeatureSource, k: int, max_frames: i
     keep = min(1.0, max_frames / max(total, 1))
     sample = []
     for i in tqdm(range(len(store)), desc="k-means features", leave=False):
-        with single_thread():
+        with intra_op_threads(1):  # per-utterance extraction: many small ops
             f = source(store.wav(i))
         if keep_features is not None:
             keep_features.append(f)
@@ -170,7 +158,7 @@ def compute_targets(store: AudioStore, codebook: Codebook, source: FeatureSource
         if features:
             f = features[i]
         else:
-            with single_thread():
+            with intra_op_threads(1):  # per-utterance extraction: many small ops
                 f = source(store.wav(i))
         labels.append(codebook.predict(f))
     offsets = np.cumsum([0] + [len(x) for x in labels]).astype(np.int64)

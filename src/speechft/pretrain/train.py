@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_writable
+from ..utils.jobs import intra_op_threads
 from .config import QUICK, PretrainConfig, load_config, save_config
 from .data import AudioStore, epoch_batches, generate_quick_audio, make_batch
 from .kmeans import Codebook, FeatureSource, compute_targets, fit_codebook
@@ -138,13 +139,8 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "pretrain_config.yaml")
         atomic_write_json(run_file, run)
-    threads = torch.get_num_threads()
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with intra_op_threads(cfg.num_threads if cfg.num_threads > 0 else None):
         return _run(cfg, out, run, resume, stop_after, progress, skip_bad=skip_bad)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Optional[int], progress: bool,

@@ -20,7 +20,6 @@ the test metric of that checkpoint is reported.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from ..metrics import accuracy, error_rate
+from ..utils.jobs import intra_op_threads
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class OnlineSource:
         from ..data.dataset import collate
 
         batch = collate([self.ds[i] for i in idx])
-        with torch.inference_mode(), _intra_op_threads(self.threads):
+        with torch.inference_mode(), intra_op_threads(self.threads):
             states, frame_lens = self.encoder(batch["wav"].to(self.device), batch["wav_lens"].to(self.device))
         self.forwards += 1
         T = states[0].shape[1]  # clone: plain tensors (usable by autograd) on the encoder's device
@@ -240,31 +240,14 @@ def evaluate(head, task, vocab, source, targets: Sequence, refs: Optional[Sequen
     return accuracy(preds, list(targets))
 
 
-@contextlib.contextmanager
-def _intra_op_threads(n: Optional[int]):
-    """Temporarily cap torch's intra-op threads (restored on exit).
-
-    Why: head training is many small ops (a pooled linear on [B, L+1, F]; a BiLSTM's per-frame
-    [B, H] recurrence). Splitting them across threads only adds synchronisation, and on a shared
-    machine every op then waits for a descheduled thread. Measured on 2 busy cores: a [8, 32] linear
-    took 24 ms with 2 threads and microseconds with 1; a BiLSTM step (27 x 110 frames, 1 x 128)
-    0.3 s with 1 thread and 0.8-5 s with 2 (3x the CPU time)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def head_threads(head, pooled: bool, device: str) -> Optional[int]:
-    """torch threads while ``head`` trains on CPU: 1 for heads made of small operations (pooled
-    vectors; a BiLSTM's per-frame recurrence, see :func:`_intra_op_threads`), the caller's (None) for
-    a linear head on frames: its [B·T, (L+1)·F] products are big enough to share out (linear CTC on
-    lite-pr, 2 idle cores: 1.2 s with 2 threads, 1.6 s with 1)."""
+    """torch threads while ``head`` trains on CPU: 1 for heads made of small operations, the caller's
+    (None) for a linear head on frames: its [B·T, (L+1)·F] products are big enough to share out
+    (linear CTC on lite-pr, 2 idle cores: 1.2 s with 2 threads, 1.6 s with 1).
+
+    Small operations: a pooled linear on [B, L+1, F], a BiLSTM's per-frame [B, H] recurrence.
+    Measured on 2 busy cores: a [8, 32] linear took 24 ms with 2 threads and microseconds with 1; a
+    BiLSTM step (27 x 110 frames, 1 x 128) 0.3 s with 1 thread and 0.8-5 s with 2 (3x the CPU time)."""
     if device != "cpu":
         return None
     return 1 if pooled or getattr(head, "rnn", None) is not None or getattr(head, "kind", None) != "ctc" else None
@@ -287,7 +270,7 @@ def train_head(head, task, vocab, sources: dict, targets: dict, refs: dict, cfg:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     head.to(device)
-    with _intra_op_threads(head_threads(head, pooled, device)):
+    with intra_op_threads(head_threads(head, pooled, device)):
         return _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pooled, progress, desc, device)
 
 

@@ -16,6 +16,7 @@ is one ``write`` on an ``O_APPEND`` descriptor: concurrent appends never interle
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -67,6 +68,24 @@ def seconds_by_stage(records) -> dict[str, list[float]]:
     for r in sorted(records, key=lambda r: r.get("started", 0.0)):
         out.setdefault(r["stage"].split(" / ")[0], []).append(r["seconds"])
     return out
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: Optional[int]):
+    """Set torch's intra-op threads to ``n`` for the block and restore the count on exit (``None``:
+    leave it as it is). Many small torch ops run faster on one thread than split across several:
+    the hand-offs dominate, and on a busy machine every op waits for a descheduled thread."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def usable_cores() -> int:
