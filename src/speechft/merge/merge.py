@@ -141,14 +141,7 @@ def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: 
     sames = [exact_input(base, tuned, c, p.alpha) for c, p in zip(coeffs, params_list)]  # α=0 / θ′ exactly
     pending = [tuple(c) for c, same in zip(coeffs, sames) if same is None]
     shared: dict[tuple, torch.Tensor] = {}  # coefficients -> Σ cᵢ·τᵢ (float64), when several α need it
-    in_parts = math.run if math is not None else (lambda n_, fn: fn(slice(0, n_)))
-
-    def each_block(part: slice, fn) -> None:  # fn(block slice, float64 scratch buffer) for the blocks of part
-        scratch = torch.empty(min(TASK_BLOCK, part.stop - part.start), dtype=COMPUTE_DTYPE)
-        for start in range(part.start, part.stop, TASK_BLOCK):
-            sl = slice(start, min(start + TASK_BLOCK, part.stop))
-            fn(sl, scratch[: sl.stop - sl.start])
-
+    math = math if math is not None else MathPool(1)
     for p, c, same in zip(params_list, coeffs, sames):
         if same is not None:
             yield same.to(out_dtype)
@@ -156,8 +149,7 @@ def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: 
         delta = shared.get(tuple(c))
         if delta is None and pending.count(tuple(c)) > 1:
             delta = shared[tuple(c)] = torch.empty(n, dtype=COMPUTE_DTYPE)
-            in_parts(n, lambda part: each_block(
-                part, lambda sl, buf: task_sum(flat_base[sl], [t[sl] for t in flat_tuned], c, delta[sl])))
+            math.blocks(n, lambda sl, buf: task_sum(flat_base[sl], [t[sl] for t in flat_tuned], c, delta[sl]))
         out = torch.empty(base.shape, dtype=out_dtype)
         flat_out = out.view(-1)
 
@@ -169,7 +161,7 @@ def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: 
                 res = torch.add(flat_base[sl], delta[sl], alpha=p.alpha, out=buf)
             flat_out[sl] = res  # float64 arithmetic, stored as out_dtype (a separate copy is faster than out=)
 
-        in_parts(n, lambda part: each_block(part, merge_block))
+        math.blocks(n, merge_block)
         yield out
 
 
@@ -185,20 +177,29 @@ class MathPool:
         self.threads = max(1, int(threads))
         self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="merge-math") if self.threads > 1 else None
 
-    def run(self, n: int, fn) -> None:
-        """``fn(part)`` for contiguous parts of range(n), whole :data:`TASK_BLOCK` blocks each, one per thread."""
+    def blocks(self, n: int, fn) -> None:
+        """``fn(block, scratch)`` for every :data:`TASK_BLOCK` slice of range(n); ``scratch`` is a float64
+        buffer of the block's size, reused by the thread that runs it. Each thread takes one contiguous
+        run of whole blocks."""
         ways = min(self.threads, -(-n // TASK_BLOCK))
         if ways <= 1:
-            fn(slice(0, n))
+            self._run_part(slice(0, n), fn)
             return
         step = -(-n // TASK_BLOCK // ways) * TASK_BLOCK
         parts = [slice(start, min(start + step, n)) for start in range(0, n, step)]
-        futures = [self.pool.submit(fn, part) for part in parts[1:]]
+        futures = [self.pool.submit(self._run_part, part, fn) for part in parts[1:]]
         try:
-            fn(parts[0])
+            self._run_part(parts[0], fn)
         finally:
             for f in futures:
                 f.result()
+
+    @staticmethod
+    def _run_part(part: slice, fn) -> None:
+        scratch = torch.empty(min(TASK_BLOCK, part.stop - part.start), dtype=COMPUTE_DTYPE)
+        for start in range(part.start, part.stop, TASK_BLOCK):
+            sl = slice(start, min(start + TASK_BLOCK, part.stop))
+            fn(sl, scratch[: sl.stop - sl.start])
 
     def close(self) -> None:
         if self.pool is not None:
