@@ -21,6 +21,7 @@ the test metric of that checkpoint is reported.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -111,7 +112,7 @@ class CachedSource:
         self.lengths = [cache.num_frames(u) for u in self.ids]
         self._pooled_all: Optional[torch.Tensor] = None
         self._frames_all: Optional[torch.Tensor] = None  # [L+1, Σ frames, F] float32
-        self._offsets: list[int] = []
+        self._offsets = [0, *itertools.accumulate(self.lengths)][:-1]  # utterance i's first frame in it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -134,12 +135,9 @@ class CachedSource:
             per_frame = one[0].size * 4
             if per_frame * sum(self.lengths) <= self.FRAMES_IN_RAM_BYTES:
                 everything = torch.empty((one.shape[1], sum(self.lengths), one.shape[2]), dtype=torch.float32)
-                self._offsets, off = [], 0
                 for start in range(0, len(self.ids), 256):
-                    for f in self.cache.frames(self.ids[start: start + 256]):
-                        everything[:, off: off + f.shape[0]] = torch.from_numpy(f).transpose(0, 1)
-                        self._offsets.append(off)
-                        off += f.shape[0]
+                    for i, f in enumerate(self.cache.frames(self.ids[start: start + 256]), start):
+                        everything[:, self._offsets[i]: self._offsets[i] + f.shape[0]] = torch.from_numpy(f).transpose(0, 1)
                 self._frames_all = everything
         if self._frames_all is not None:
             return [self._frames_all[:, self._offsets[i]: self._offsets[i] + self.lengths[i]] for i in idx]
