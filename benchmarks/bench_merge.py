@@ -16,8 +16,9 @@ merge makes its output durable before renaming it into place (fsync, as every fi
 so the floor fsyncs its copy too (``io_floor_n*``, the ``x io floor`` column); without that one fsync the
 floor measures how fast the page cache absorbs the bytes, not the disk (``io_floor_nosync_n*``, the
 ``x no-fsync`` column, also recorded). Inputs are in the page cache (just written): the floor's reads
-are memory copies, the merge maps the cached pages without copying; writing is bound by the disk. Before every measured run the benchmark calls
-``os.sync()`` (untimed), so that no run pays for the write-back of files written before it.
+are memory copies, the merge maps the cached pages without copying; writing is bound by the disk.
+Before every measured run the benchmark calls ``os.sync()`` (untimed), so that no run pays for the
+write-back of files written before it.
 
 Results are printed and appended as one JSON record to benchmarks/results/merge.jsonl.
 """
@@ -174,11 +175,12 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
         out = root / "out"  # every run writes under here; emptied after each run
         out.mkdir()
 
-        def median(body: str, _repeats: int) -> dict:
-            def clean():
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir()
-            return run_median(body, _repeats, clean)
+        def clean():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+
+        def median(body: str) -> dict:
+            return run_median(body, repeats, clean)
 
         def record(name: str, r: dict, floors: tuple[float, float] | None = None) -> None:
             r = {"wall_s": round(r["wall_s"], 3), "peak_rss_mib": round(r["maxrss_mib"], 1),
@@ -193,12 +195,12 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
         for n in n_fts:
             fts = inp["finetuned"][:n]
             files = [inp["pretrained"] / "model.safetensors"] + [f / "model.safetensors" for f in fts]
-            floor = median(io_floor_body(files, out / "copy.bin"), repeats)
+            floor = median(io_floor_body(files, out / "copy.bin"))
             record(f"io_floor_n{n}", floor)
-            nosync = median(io_floor_body(files, out / "copy.bin", fsync=False), repeats)
+            nosync = median(io_floor_body(files, out / "copy.bin", fsync=False))
             record(f"io_floor_nosync_n{n}", nosync)
             f = (floor["wall_s"], nosync["wall_s"])
-            record(f"stream_linear_n{n}", median(stream_body(inp["pretrained"], fts, out / "merged"), repeats), f)
+            record(f"stream_linear_n{n}", median(stream_body(inp["pretrained"], fts, out / "merged")), f)
             if n > 1 and ties:
                 record(f"stream_ties_n{n}", run_child(stream_body(inp["pretrained"], fts, out / "merged", "ties")), f)
             if official:
@@ -207,8 +209,8 @@ def measure(size: str, n_fts: list[int], sweep_points: int, workdir: Path, offic
         if sweep_points:
             alphas = [round(i / (sweep_points - 1), 4) for i in range(sweep_points)]
             one, sep = sweep_bodies(inp["pretrained"], inp["finetuned"][0], alphas, out)
-            record(f"sweep{sweep_points}_one_pass", median(one, repeats))
-            record(f"sweep{sweep_points}_separate", median(sep, repeats))
+            record(f"sweep{sweep_points}_one_pass", median(one))
+            record(f"sweep{sweep_points}_separate", median(sep))
         return rec
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     # pool start, kernel selection, allocator growth) that would otherwise fall on whichever run is first.
     from speechft.data.dataset import AudioDataset, collate
 
-    warm = collate([AudioDataset(rows["train"][:4])[i] for i in range(min(4, len(rows["train"])))])
+    few = AudioDataset(rows["train"][:4])
+    warm = collate([few[i] for i in range(len(few))])
     with torch.inference_mode():
         enc(warm["wav"].to(device), warm["wav_lens"].to(device))
 
