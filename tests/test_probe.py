@@ -118,9 +118,14 @@ def test_rerun_resumes_and_same_weights_under_new_name_are_reused(tmp_path, tone
     assert again == first and len(read_jsonl(tmp_path / "results.jsonl")) == 1
     alias = run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="alias", **kw)
     assert alias[0]["reused_from"] == "m0" and alias[0]["value"] == first[0]["value"]
+    with pytest.raises(ValueError, match=r"m0 / tones-classify was probed with other inputs \(train.epochs: 2 -> 3\)"):
+        run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="m0", epochs=3, cache_dir=cache, progress=False)
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 2  # refused: nothing written, nothing lost
     other = run_probe(make_tiny_encoder(), [tones], tmp_path, model_name="m0", epochs=3, cache_dir=cache,
-                      progress=False)  # another protocol is another run
-    assert other[0]["config"]["epochs"] == 3 and len(read_jsonl(tmp_path / "results.jsonl")) == 3
+                      progress=False, replace=True)  # another protocol replaces m0's old records
+    recs = read_jsonl(tmp_path / "results.jsonl")
+    assert other[0]["config"]["epochs"] == 3 and [r["model"] for r in recs] == ["alias", "m0"]
+    assert recs[1]["key"] != first[0]["key"] and recs[1]["group_key"] != first[0]["group_key"]
 
 
 def test_fbank_baseline_gives_the_score_its_zero(tmp_path, tones, cache):

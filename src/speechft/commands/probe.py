@@ -47,6 +47,9 @@ def command(
                                      "speaker or language."),
     task_metric: Optional[str] = typer.Option(None, "--task-metric", help="User task metric: per, cer, wer or "
                                               "accuracy (default: accuracy; CTC: per for phones, else cer)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in --out of the same model and task "
+                                   "that were made with other inputs (data, weights, settings); without it they are "
+                                   "an error."),
     list_: bool = typer.Option(False, "--list", help="List the registered tasks and exit."),
 ) -> None:
     """SUPERB-style probing: the encoder is frozen, a learnable softmax-weighted sum of all its hidden
@@ -87,7 +90,7 @@ def command(
         for ref in refs:
             run_probe(ref, task_list, out, seeds=tuple(range(seeds)), size="quick" if quick else "default",
                       fsdd_root=str(fsdd) if fsdd else None, limit=limit or None, epochs=epochs,
-                      cache_dir=cache_dir, device=device, skip_bad=skip_bad)
+                      cache_dir=cache_dir, device=device, skip_bad=skip_bad, replace=overwrite)
         rep = write_reports(out)
     typer.echo(rep["table"])
     typer.echo(f"\nresults: {out / 'results.jsonl'}\nsummary: {rep['summary']}"

@@ -8,8 +8,9 @@ split (``data_home()/features/<model key>/<corpus-subset-split>/`` by default)::
     shard-<tag>.json        index: one entry per utterance {id, key, offset, frames, row}
 
 The JSON sidecar is written last (atomically), so a shard is visible only once complete and an
-interrupted extraction resumes where it stopped. An utterance's cache key combines its audio path and
-the encoder version (:func:`encoder_version`); the model's weight fingerprint is the folder above.
+interrupted extraction resumes where it stopped. An utterance's cache key combines its audio path, the
+file's size and mtime, and the encoder version (:func:`encoder_version`); the model's weight
+fingerprint is the folder above.
 Reads are memory-mapped: at most one batch of frames is in RAM at a time.
 
 The pooled vectors are computed from the *stored float16 frames*, upcast to float32, so a pooled
@@ -58,7 +59,10 @@ def model_key(encoder) -> str:
 
 
 def utterance_key(row: Utterance, version: str) -> str:
-    return hashlib.sha1(f"{version}|{row.audio}".encode()).hexdigest()[:16]
+    """Cache key of one utterance's features: encoder version, audio path and the file's (size, mtime),
+    so audio rewritten under the same path is extracted again instead of read from the cache."""
+    st = os.stat(row.audio)
+    return hashlib.sha1(f"{version}|{row.audio}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def estimate_bytes(seconds: float, encoder) -> int:

@@ -5,9 +5,13 @@ the train split, extract (or reuse) cached features of all hidden states for tra
 every seed train a fresh head (learnable softmax-weighted layer sum + the task's downstream model),
 select the checkpoint on the dev metric and append the test result to ``out_dir/results.jsonl``.
 
-A (model fingerprint, task, task version, seed, size, limit, epochs) combination already in the
-results file is not run again, so an interrupted suite resumes where it stopped. When the same
-weights were probed under another name, the record is copied under the new name.
+Every record carries a provenance key (:func:`record_provenance`: the model's weight fingerprint,
+the task definition, each manifest's content, the rows used and their audio files, the head
+training settings, the seed and the record/package versions). A record with an equal key is not
+run again, so an interrupted suite resumes where it stopped; when the same weights were probed
+under another name, the record is copied under the new name. Records of the same model name and
+task made with other inputs are refused (or replaced with ``replace=True``, the CLI's
+``--overwrite``): a results file never holds old and new results of one model side by side.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import functools
 import logging
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -22,14 +27,15 @@ import numpy as np
 
 from .. import __version__
 from ..tasks import FSDD_TASKS, LITE_TASKS, Task, get_task
-from ..utils.io import append_jsonl, check_writable, read_jsonl
+from ..utils.io import append_jsonl, check_writable, read_jsonl, rewrite_jsonl
+from ..utils.provenance import changes, file_digest, key_of, stat_digest
 from . import cache as fcache
-from .train import CachedSource, default_config, train_head
+from .train import CachedSource, ProbeConfig, default_config, train_head
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provenance keys (key, group_key, data_key, provenance)
 SIZES = ("default", "quick")
 
 
@@ -154,6 +160,178 @@ def extract_features(
                                         device=device, desc=f"{task.name} {s} features", progress=progress)
 
 
+def data_provenance(task: Task, manifests: dict, rows: dict, size: str, limit: Optional[int]) -> dict:
+    """Everything about a task's data that determines a probe result: the task's definition, the
+    content of each manifest, which rows were used (after ``limit``) and their audio files' (size,
+    mtime)."""
+    return {
+        "task": {"name": task.name, "kind": task.kind, "target_field": task.target_field, "metric": task.metric,
+                 "head": task.head, "head_options": task.head_options(), "version": task.version},
+        "size": size,
+        "limit": limit,
+        "splits": {s: {"manifest": file_digest(manifests[s]), "rows": len(rs),
+                       "ids": key_of([r.id for r in rs]), "audio": stat_digest(r.audio for r in rs)}
+                   for s, rs in rows.items()},
+    }
+
+
+def record_provenance(data: dict, fingerprint: str, encoder_version: str, cfg, seed: int) -> dict:
+    """The provenance of one probe record: data, model weights, head training settings, seed, versions."""
+    return {"data": data, "model": {"fingerprint": fingerprint, "encoder_version": encoder_version},
+            "train": {**cfg.to_dict(), "optimizer": "adam"}, "seed": int(seed),
+            "versions": {"record": SCHEMA_VERSION, "package": __version__}}
+
+
+def record_keys(prov: dict) -> dict:
+    """``key`` (everything), ``group_key`` (everything but the seed: records a table may average)
+    and ``data_key`` (the data alone: which FBANK records score a model's)."""
+    return {"key": key_of(prov), "group_key": key_of({**prov, "seed": None}), "data_key": key_of(prov["data"])}
+
+
+@dataclass
+class TaskPlan:
+    """One task of a probe run, resolved and validated before any training."""
+
+    task: Task
+    manifests: dict  # split -> manifest path
+    rows: dict  # split -> validated, subsampled rows
+    cfg: ProbeConfig
+    data: dict  # data_provenance(...)
+
+
+def plan_tasks(task_list: Sequence[Task], size: str, fsdd_root: Optional[str], limit: Optional[int],
+               skip_bad: bool, epochs: Optional[int], options: dict) -> list[TaskPlan]:
+    """Check training options and read every task's data first: a bad file fails in seconds, not
+    after other tasks have trained."""
+    for t in task_list:
+        default_config(t, quick=size == "quick", epochs=epochs, **options)
+    plans = []
+    for t in task_list:
+        manifests = t.resolve_manifests(size=size, fsdd_root=fsdd_root)
+        rows = probe_rows(t, manifests, skip_bad, limit)
+        for s, rs in rows.items():
+            if not rs:
+                raise ValueError(f"task {t.name}: the {s} manifest {manifests[s]} has no usable rows")
+        plans.append(TaskPlan(t, manifests, rows, default_config(t, quick=size == "quick", epochs=epochs, **options),
+                              data_provenance(t, manifests, rows, size, limit)))
+    return plans
+
+
+def _open_model(model, model_name: Optional[str], device: str):
+    """(encoder in eval mode on ``device``, record name) of a model reference or encoder."""
+    from ..models.io import load_encoder
+
+    if isinstance(model, (str, Path)):
+        encoder, name = load_encoder(str(model)), model_name or str(model)
+    else:
+        encoder = model
+        name = model_name or getattr(encoder, "name", "") or type(encoder).__name__
+    encoder.eval()
+    if device != "cpu":
+        encoder.to(device)
+    return encoder, name
+
+
+def _stale(existing: Sequence[dict], name: str, task: str, group_key: str) -> list[dict]:
+    """Records of ``name`` on ``task`` made with other inputs than ``group_key`` (legacy records
+    without a key count as other inputs)."""
+    return [r for r in existing if r.get("model") == name and r.get("task") == task and r.get("group_key") != group_key]
+
+
+def _stale_message(results_path: Path, name: str, task: str, old: dict, new: dict) -> str:
+    what = "; ".join(changes(old.get("provenance") or {}, new)) if old.get("provenance") else \
+        "the record has no provenance key (written by an older speechft)"
+    return (f"{results_path}: {name} / {task} was probed with other inputs ({what}); "
+            "pass --overwrite to replace those results, or use another --out")
+
+
+def check_stale(results_path: Path, existing: list[dict], name: str, plans: Sequence[TaskPlan], fingerprint: str,
+                enc_version: str, replace: bool) -> list[dict]:
+    """Refuse (or, with ``replace``, drop from ``results_path``) records of ``name`` whose inputs
+    differ from this run's, so a table never shows old and new results of one model side by side.
+    Returns the records that remain."""
+    stale = []
+    for p in plans:
+        prov = record_provenance(p.data, fingerprint, enc_version, p.cfg, 0)
+        old = _stale(existing, name, p.task.name, record_keys(prov)["group_key"])
+        if old and not replace:
+            raise ValueError(_stale_message(results_path, name, p.task.name, old[-1], {**prov, "seed": old[-1].get("seed")}))
+        stale += old
+    if not stale:
+        return existing
+    drop = {id(r) for r in stale}
+    keep = [r for r in existing if id(r) not in drop]
+    rewrite_jsonl(results_path, keep)
+    log.info("%s: replaced %d record(s) of %s made with other inputs", results_path, len(stale), name)
+    return keep
+
+
+def _extract_sources(encoder, mkey: str, plan: TaskPlan, size: str, cache_dir, extract_bs: float, device: str,
+                     progress: bool) -> dict:
+    """Cached features of every split (extracted when missing), as CachedSources."""
+    sources = {}
+    for s, rs in plan.rows.items():
+        folder = fcache.split_folder(plan.task, s, size, mkey, cache_dir)
+        c = fcache.ensure_features(encoder, rs, folder, batch_seconds=extract_bs, device=device,
+                                   desc=f"{plan.task.name} {s} features", progress=progress)
+        sources[s] = CachedSource(c, [r.id for r in rs])
+    return sources
+
+
+def _train_one(encoder, plan: TaskPlan, vocab, sources, targets, refs, seed: int, progress: bool, device: str) -> dict:
+    """One head trained with ``seed``: train_head's result plus the CPU seconds it took."""
+    import torch
+
+    from ..models.heads import build_head
+
+    torch.manual_seed(seed)
+    c1 = time.process_time()
+    head = build_head(plan.task, encoder.hidden_size, encoder.num_layers + 1, vocab, layer_sum=True)
+    res = train_head(head, plan.task, vocab, sources, targets, refs, plan.cfg, seed, encoder.frame_rate,
+                     progress=progress, desc=f"{plan.task.name} seed {seed}", device=device)
+    return {**res, "train_cpu_seconds": round(time.process_time() - c1, 3)}
+
+
+def _record(name: str, encoder, fingerprint: str, plan: TaskPlan, seed: int, res: dict, prov: dict, size: str,
+            limit: Optional[int], timing: dict) -> dict:
+    task = plan.task
+    return {
+        "schema_version": SCHEMA_VERSION,
+        **record_keys(prov),
+        "model": name,
+        "fingerprint": fingerprint,
+        "is_fbank": _is_fbank(encoder),
+        "task": task.name,
+        "task_version": task.version,
+        "metric": task.metric,
+        "value": res["value"],
+        "dev_value": res["dev_value"],
+        "higher_is_better": task.higher_is_better,
+        "seed": seed,
+        "best_epoch": res["best_epoch"],
+        "epochs_run": res["epochs_run"],
+        "layer_weights": res["layer_weights"],
+        "num_states": encoder.num_layers + 1,
+        "size": size,
+        "limit": limit,
+        "num_utterances": {s: len(rs) for s, rs in plan.rows.items()},
+        "config": {**plan.cfg.to_dict(), "head": task.head, "head_options": task.head_options(),
+                   "pooled_features": res["pooled_features"], "optimizer": "adam"},
+        "history": res["history"],
+        "test_items": res.get("test_items"),
+        "extract_seconds": timing["extract_seconds"],
+        "train_seconds": res["train_seconds"],
+        # CPU seconds of this process: comparable across runs on a shared, busy machine
+        "extract_cpu_seconds": timing["extract_cpu_seconds"],
+        "train_cpu_seconds": res["train_cpu_seconds"],
+        "encoder_version": fcache.encoder_version(encoder),
+        "package_version": __version__,
+        "git_hash": git_hash(),
+        "provenance": prov,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
 def run_probe(
     model,
     tasks,
@@ -165,6 +343,7 @@ def run_probe(
     model_name: Optional[str] = None,
     epochs: Optional[int] = None,
     cache_dir: Optional[Union[str, Path]] = None,
+    replace: bool = False,
     **options,
 ) -> list[dict]:
     """Probe ``model`` on ``tasks``; append one record per (task, seed) to ``out_dir/results.jsonl``.
@@ -178,15 +357,16 @@ def run_probe(
         model_name: name in the records (default: the reference, or the encoder's ``name``).
         epochs: override every task's default number of epochs.
         cache_dir: root of the feature cache (default ``data_home()/features``).
+        replace: records of ``model_name`` on a task made with other inputs (data, weights, settings)
+            are removed and recomputed; without it they are an error (``ValueError`` naming what changed).
         options: ``device`` ("cpu"), ``skip_bad`` (drop invalid rows instead of failing),
             ``progress`` (tqdm bars), ``extract_batch_seconds``, and head-training overrides
             ``lr``, ``batch_seconds``, ``batch_size``, ``grad_clip``.
 
     Returns:
         The records of this model for the requested tasks and seeds, those already present
-        (resumed) and the new ones, in task then seed order.
+        (reused: equal provenance key) and the new ones, in task then seed order.
     """
-    from ..models.io import load_encoder
     from ..vocab import Vocab
 
     device = options.pop("device", "cpu") or "cpu"
@@ -198,52 +378,29 @@ def run_probe(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("at least one seed is needed")
-    task_list = _resolve_tasks(tasks)
-    for t in task_list:  # fail on bad training options before any long work
-        default_config(t, quick=size == "quick", epochs=epochs, **options)
-    # Validate every task's data before training any: a bad file fails in seconds, not after other tasks.
-    task_manifests, task_rows = {}, {}
-    for t in task_list:
-        manifests = task_manifests[t.name] = t.resolve_manifests(size=size, fsdd_root=fsdd_root)
-        task_rows[t.name] = probe_rows(t, manifests, skip_bad, limit)
+    plans = plan_tasks(_resolve_tasks(tasks), size, fsdd_root, limit, skip_bad, epochs, options)
     out_dir = Path(out_dir)
     check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
 
-    if isinstance(model, (str, Path)):
-        ref = str(model)
-        encoder = load_encoder(ref)
-        name = model_name or ref
-    else:
-        encoder = model
-        name = model_name or getattr(encoder, "name", "") or type(encoder).__name__
-    encoder.eval()
-    if device != "cpu":
-        encoder.to(device)
-    fingerprint = encoder.fingerprint()
-    mkey = fcache.model_key(encoder)
-
-    def run_key(r: dict) -> tuple:
-        return (r.get("fingerprint"), r.get("task"), r.get("task_version"), r.get("seed"), r.get("size"),
-                r.get("limit"), (r.get("config") or {}).get("epochs"))
-
-    existing = read_jsonl(results_path)
+    encoder, name = _open_model(model, model_name, device)
+    fingerprint, mkey, enc_version = encoder.fingerprint(), fcache.model_key(encoder), fcache.encoder_version(encoder)
+    existing = check_stale(results_path, read_jsonl(results_path), name, plans, fingerprint, enc_version, replace)
     out: list[dict] = []
-    for task in task_list:
-        cfg = default_config(task, quick=size == "quick", epochs=epochs, **options)
-        keyed = {}
+    for plan in plans:
+        task = plan.task
+        by_key: dict = {}
         for r in existing:
-            keyed.setdefault(run_key(r), []).append(r)
+            by_key.setdefault(r.get("key"), []).append(r)
         todo = []
         for seed in seeds:
-            key = (fingerprint, task.name, task.version, seed, size, limit, cfg.epochs)
-            same = keyed.get(key, [])
+            same = by_key.get(record_keys(record_provenance(plan.data, fingerprint, enc_version, plan.cfg, seed))["key"], [])
             mine = [r for r in same if r.get("model") == name]
             if mine:
-                log.info("%s / %s / seed %d: already in %s, skipped", name, task.name, seed, results_path)
+                log.info("%s / %s / seed %d: already in %s (same inputs), skipped", name, task.name, seed, results_path)
                 out.append(mine[-1])
-            elif same:  # same weights probed under another name: reuse, do not retrain
+            elif same:  # same weights, data and settings probed under another name: reuse, do not retrain
                 rec = {**same[-1], "model": name, "reused_from": same[-1].get("model")}
                 append_jsonl(results_path, rec)
                 existing.append(rec)
@@ -254,69 +411,20 @@ def run_probe(
             continue
 
         t0, c0 = time.perf_counter(), time.process_time()
-        manifests = task_manifests[task.name]
-        rows = task_rows[task.name]
-        for s, rs in rows.items():
-            if not rs:
-                raise ValueError(f"task {task.name}: the {s} manifest {manifests[s]} has no usable rows")
-        vocab = Vocab.build(task, rows["train"])
-        targets = {s: encode_targets(task, vocab, rs, s) for s, rs in rows.items()}
-        refs = {s: [vocab.reference(task, r) for r in rs] for s, rs in rows.items()} if task.kind == "ctc" else {}
-        sources = {}
-        for s, rs in rows.items():
-            folder = fcache.split_folder(task, s, size, mkey, cache_dir)
-            c = fcache.ensure_features(encoder, rs, folder, batch_seconds=extract_bs, device=device,
-                                       desc=f"{task.name} {s} features", progress=progress)
-            sources[s] = CachedSource(c, [r.id for r in rs])
-        extract_s, extract_cpu = time.perf_counter() - t0, time.process_time() - c0
-
-        from ..models.heads import build_head
-
-        num_states = encoder.num_layers + 1
+        vocab = Vocab.build(task, plan.rows["train"])
+        targets = {s: encode_targets(task, vocab, rs, s) for s, rs in plan.rows.items()}
+        refs = {s: [vocab.reference(task, r) for r in rs] for s, rs in plan.rows.items()} if task.kind == "ctc" else {}
+        sources = _extract_sources(encoder, mkey, plan, size, cache_dir, extract_bs, device, progress)
+        timing = {"extract_seconds": round(time.perf_counter() - t0, 3),
+                  "extract_cpu_seconds": round(time.process_time() - c0, 3)}
         for seed in todo:
-            import torch
-
-            torch.manual_seed(seed)
-            c1 = time.process_time()
-            head = build_head(task, encoder.hidden_size, num_states, vocab, layer_sum=True)
-            res = train_head(head, task, vocab, sources, targets, refs, cfg, seed, encoder.frame_rate,
-                             progress=progress, desc=f"{task.name} seed {seed}", device=device)
-            rec = {
-                "schema_version": SCHEMA_VERSION,
-                "model": name,
-                "fingerprint": fingerprint,
-                "is_fbank": _is_fbank(encoder),
-                "task": task.name,
-                "task_version": task.version,
-                "metric": task.metric,
-                "value": res["value"],
-                "dev_value": res["dev_value"],
-                "higher_is_better": task.higher_is_better,
-                "seed": seed,
-                "best_epoch": res["best_epoch"],
-                "epochs_run": res["epochs_run"],
-                "layer_weights": res["layer_weights"],
-                "num_states": num_states,
-                "size": size,
-                "limit": limit,
-                "num_utterances": {s: len(rs) for s, rs in rows.items()},
-                "config": {**cfg.to_dict(), "head": task.head, "head_options": task.head_options(),
-                           "pooled_features": res["pooled_features"], "optimizer": "adam"},
-                "history": res["history"],
-                "extract_seconds": round(extract_s, 3),
-                "train_seconds": res["train_seconds"],
-                # CPU seconds of this process: comparable across runs on a shared, busy machine
-                "extract_cpu_seconds": round(extract_cpu, 3),
-                "train_cpu_seconds": round(time.process_time() - c1, 3),
-                "encoder_version": fcache.encoder_version(encoder),
-                "package_version": __version__,
-                "git_hash": git_hash(),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
+            res = _train_one(encoder, plan, vocab, sources, targets, refs, seed, progress, device)
+            prov = record_provenance(plan.data, fingerprint, enc_version, plan.cfg, seed)
+            rec = _record(name, encoder, fingerprint, plan, seed, res, prov, size, limit, timing)
             append_jsonl(results_path, rec)
             existing.append(rec)
             out.append(rec)
             log.info("%s / %s / seed %d: %s = %.4f (dev %.4f, epoch %d)", name, task.name, seed, task.metric,
                      rec["value"], rec["dev_value"], rec["best_epoch"])
-    order = {t.name: i for i, t in enumerate(task_list)}
+    order = {p.task.name: i for i, p in enumerate(plans)}
     return sorted(out, key=lambda r: (order[r["task"]], r["seed"]))

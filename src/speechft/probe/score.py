@@ -85,28 +85,58 @@ def is_fbank_record(r: dict) -> bool:
     return bool(r.get("is_fbank")) or str(r.get("model", "")).lower() == "fbank"
 
 
+def group_of(r: dict):
+    """What a record was computed from, except its seed: records of one model and task are averaged
+    only when these are equal (records written before provenance keys: the fields they had)."""
+    if r.get("group_key"):
+        return r["group_key"]
+    return ("legacy", r.get("fingerprint"), r.get("task_version"), r.get("size"), r.get("limit"),
+            (r.get("config") or {}).get("epochs"))
+
+
+def check_groups(records: Sequence[dict]) -> None:
+    """Raise ValueError when one model's records on one task come from different inputs (a table
+    would otherwise average, e.g., a quick run and a full one as if they were seeds)."""
+    from ..utils.provenance import changes
+
+    first: dict = {}
+    for r in records:
+        k = (r["model"], r["task"])
+        if k not in first:
+            first[k] = r
+        elif group_of(first[k]) != group_of(r):
+            a, b = first[k].get("provenance"), r.get("provenance")
+            what = "; ".join(changes({**a, "seed": None}, {**b, "seed": None})) if a and b else \
+                "size/limit/epochs/weights differ or a record has no provenance key"
+            raise ValueError(f"results of {k[0]} on {k[1]} were made with different inputs ({what}); they are "
+                             "not averaged: probe into a new --out, or pass --overwrite to replace the old ones")
+
+
 def _from_records(records: Sequence[dict], model: Optional[str]) -> tuple[dict, dict]:
-    """``({task: [values]}, {task: (metric, higher_is_better)})`` of one model's records."""
+    """``({task: [values]}, {task: (metric, higher_is_better, data_key)})`` of one model's records."""
     models = list(dict.fromkeys(r["model"] for r in records if not is_fbank_record(r)))
     if model is None:
         if len(models) != 1:
             raise ValueError(f"records hold {len(models)} models ({', '.join(models)}); pass model=")
         model = models[0]
+    check_groups([r for r in records if r["model"] == model])
     vals: dict = {}
     meta: dict = {}
     for r in records:
         if r["model"] == model:
             vals.setdefault(r["task"], []).append(float(r["value"]))
-            meta[r["task"]] = (r["metric"], bool(r["higher_is_better"]))
+            meta[r["task"]] = (r["metric"], bool(r["higher_is_better"]), r.get("data_key"))
     if not vals:
         raise ValueError(f"no records of model {model!r}")
     return vals, meta
 
 
-def _fbank_from_records(records: Sequence[dict]) -> dict:
+def _fbank_from_records(records: Sequence[dict], data_keys: Optional[Mapping[str, Optional[str]]] = None) -> dict:
+    """``{task: [FBANK values]}``; with ``data_keys`` (task -> data key), only FBANK records on the
+    same data (same manifests, rows and audio) count: a score never mixes test sets."""
     out: dict = {}
     for r in records:
-        if is_fbank_record(r):
+        if is_fbank_record(r) and (data_keys is None or data_keys.get(r["task"], r.get("data_key")) == r.get("data_key")):
             out.setdefault(r["task"], []).append(float(r["value"]))
     return out
 
@@ -141,17 +171,17 @@ def superb_score(values: Values, fbank: Optional[Values] = None, model: Optional
     else:
         raw, meta = _from_records(values, model)
         vals = {t: _mean(v) for t, v in raw.items()}
-        fb_src = fbank if fbank is not None else _fbank_from_records(values)
+        fb_src = fbank if fbank is not None else _fbank_from_records(values, {t: m[2] for t, m in meta.items()})
     if fb_src is None:
         fb = {}
     elif isinstance(fb_src, Mapping):
         fb = {t: _mean(v) for t, v in fb_src.items()}
     else:
-        fb = {t: _mean(v) for t, v in _fbank_from_records(fb_src).items()}
+        fb = {t: _mean(v) for t, v in _fbank_from_records(fb_src, {t: m[2] for t, m in meta.items() if len(m) > 2}).items()}
 
     tasks, missing = {}, {}
     for t, s in vals.items():
-        metric, higher = meta[t]
+        metric, higher = meta[t][:2]
         rp = reference_point(t, metric, higher, fb.get(t))
         if rp.fbank is None:
             missing[t] = "no FBANK result for this task (probe the model 'fbank' on it)"
@@ -169,17 +199,17 @@ def superb_score(values: Values, fbank: Optional[Values] = None, model: Optional
 
 def score_table(records: Sequence[dict]) -> list[dict]:
     """One row per model in ``records`` (FBANK included, scoring 0 by construction):
-    ``{"model", "score", "tasks": {task: {"mean", "std", "n", "metric", "points"}}, "missing"}``."""
+    ``{"model", "score", "tasks": {task: {"mean", "std", "n", "metric", "higher_is_better", "points",
+    "data_key"}}, "missing"}``. Each task is scored against FBANK records on the same data only."""
     rows = []
-    fb = _fbank_from_records(records)
     for model in dict.fromkeys(r["model"] for r in records):
         raw, meta = _from_records(records, model)
-        sc = superb_score(raw, fbank=fb, metrics=meta)
+        fb = _fbank_from_records(records, {t: m[2] for t, m in meta.items()})
+        sc = superb_score(raw, fbank=fb, metrics={t: m[:2] for t, m in meta.items()})
         per = {}
         for t, v in raw.items():
             per[t] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v),
-                      "metric": meta[t][0], "higher_is_better": meta[t][1],
+                      "metric": meta[t][0], "higher_is_better": meta[t][1], "data_key": meta[t][2],
                       "points": sc["tasks"].get(t, {}).get("points")}
         rows.append({"model": model, "score": sc["score"], "tasks": per, "missing": sc["missing"]})
     return rows
-

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..metrics import accuracy, error_rate
+from ..metrics import accuracy, accuracy_items, error_items, error_rate
 from ..utils.jobs import intra_op_threads
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,10 @@ def count_batches(n: int, batch_size: int, rng: Optional[np.random.Generator]) -
 # -- evaluation --------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(head, task, vocab, source, targets: Sequence, refs: Optional[Sequence[str]], cfg: ProbeConfig,
-             frame_rate: float, pooled: bool, device: str = "cpu") -> float:
-    """The task metric of ``head`` on one split (error rate as a fraction, or accuracy)."""
+             frame_rate: float, pooled: bool, device: str = "cpu", items: bool = False):
+    """The task metric of ``head`` on one split (error rate as a fraction, or accuracy); with
+    ``items``, ``(metric, per-utterance items)`` (:func:`speechft.metrics.error_items` /
+    :func:`~speechft.metrics.accuracy_items`, in the split's row order) for bootstrap intervals."""
     head.eval()
     if pooled:
         batches = count_batches(len(source), max(cfg.batch_size, 128), None)
@@ -234,8 +236,10 @@ def evaluate(head, task, vocab, source, targets: Sequence, refs: Optional[Sequen
             preds[i] = p
     if task.kind == "ctc":
         hyps = [vocab.decode_ctc(p, task) for p in preds]
-        return error_rate(task.metric, list(refs), hyps)
-    return accuracy(preds, list(targets))
+        value = error_rate(task.metric, list(refs), hyps)
+        return (value, error_items(task.metric, list(refs), hyps)) if items else value
+    value = accuracy(preds, list(targets))
+    return (value, accuracy_items(preds, list(targets))) if items else value
 
 
 def head_threads(head, pooled: bool, device: str) -> Optional[int]:
@@ -323,9 +327,11 @@ def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pool
         bar.set_postfix(loss=f"{total / max(units, 1):.3f}", dev=f"{dev:.4f}")
     bar.close()
     head.load_state_dict(best_state)
-    test = evaluate(head, task, vocab, sources["test"], targets["test"], refs.get("test"), cfg, frame_rate, pooled, device)
+    test, test_items = evaluate(head, task, vocab, sources["test"], targets["test"], refs.get("test"), cfg, frame_rate,
+                                pooled, device, items=True)
     return {
         "value": test,
+        "test_items": test_items,
         "dev_value": best,
         "best_epoch": best_epoch,
         "layer_weights": head.layer_weights(),

@@ -101,6 +101,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
+def rewrite_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Replace a JSONL file by ``records`` atomically (never while another process appends to it)."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; on success it is renamed to ``path``.
@@ -155,3 +160,40 @@ def check_writable(path: str | os.PathLike, min_free_bytes: int = 50 * 2**20) ->
             f"output directory {path}: only {free / 2**20:.1f} MiB free on its disk, "
             f"need at least {min_free_bytes / 2**20:.0f} MiB"
         )
+
+
+def check_not_input(out: str | os.PathLike, inputs: Any, what: str = "--out", *, replaced: bool = True) -> None:
+    """Refuse (``ValueError``, one line naming both paths) an output that would destroy or alter an input.
+
+    ``out`` is refused when it is an input, lies inside an input folder (writing there modifies it),
+    or -- when ``replaced`` (the command may remove or replace ``out`` as a whole, e.g. ``--overwrite``
+    or an atomic folder swap) -- contains an input. ``inputs``: paths, or ``{label: path or list of
+    paths}`` where the label (an option name) appears in the message. Symlinks and relative paths are
+    resolved; what does not exist on disk or is a built-in model name (``speechft-tiny``, ``fbank``, ...)
+    or a hub id without a local folder is not a path and is ignored. Call it before anything is written.
+    """
+    from ..models.io import BUILTIN_NAMES
+
+    items = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
+    out_r = Path(out).expanduser().resolve()
+    for label, values in items:
+        for value in values if isinstance(values, (list, tuple, set)) else [values]:
+            if value is None or (isinstance(value, str) and (value in BUILTIN_NAMES or not value.strip())):
+                continue
+            path = Path(value).expanduser()
+            if not path.exists():
+                continue
+            in_r = path.resolve()
+            if in_r == out_r:
+                problem = "is the input"
+            elif in_r.is_relative_to(out_r) and replaced:
+                problem = "contains the input"
+            elif out_r.is_relative_to(in_r):
+                problem = "lies inside the input"
+            else:
+                continue
+            shown = f"{label} {value}" if label else str(value)
+            if Path(out).expanduser().absolute() != out_r or path.absolute() != in_r:
+                shown += f" ({in_r}; {what} resolves to {out_r})"
+            raise ValueError(f"{what} {out} {problem} {shown}: writing {what} would delete or modify that input; "
+                             f"choose another {what}")
