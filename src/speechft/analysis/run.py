@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..utils.io import atomic_write_text, read_jsonl
+from ..utils.io import atomic_write_text, check_not_input, read_jsonl
 from .similarity import R2, LinearCKA, MeanCosine
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def analyze(
     if len(models) < 2:
         raise ValueError("analyze needs at least two models: the reference M0 and one to compare")
     out_dir = Path(out_dir)
+    check_not_input(out_dir, {"--models": list(models), "--manifest": manifest}, replaced=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(names or models)
     encs = list(encoders) if encoders is not None else [load_encoder(m) for m in models]

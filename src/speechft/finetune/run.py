@@ -24,7 +24,7 @@ from typing import Optional, Union
 import torch
 
 from ..tasks import Task, get_task, user_task
-from ..utils.io import atomic_dir, check_writable
+from ..utils.io import atomic_dir, check_not_input, check_writable
 from ..utils.names import read_yaml_mapping
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import QUICK, FinetuneConfig, check_keys, load_config, save_run_config
@@ -58,6 +58,7 @@ def finetune(model: Optional[str], task: Union[str, Task, None], out_dir: str | 
     from accelerate.utils import DistributedDataParallelKwargs
 
     out = Path(out_dir)
+    check_not_input(out, {"--model": model})  # OUT/encoder, OUT/head, ... are replaced
     check_writable(out)
     run, cfg = _resolve(out, model, task, recipe, steps, config, resume, quick, overrides,
                         size="quick" if quick else size, fsdd_root=fsdd_root, skip_bad=skip_bad, command=command)

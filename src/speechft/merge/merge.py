@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..utils.io import atomic_dir, check_writable
+from ..utils.io import atomic_dir, check_not_input, check_writable
 from ..utils.jobs import intra_op_threads
 from .keys import KeyPlan, check_architectures, plan_keys
 from .methods import COMPUTE_DTYPE, MergeMethod, MergeParams, check_params, describe, exact_input, get_method, task_sum
@@ -272,11 +272,10 @@ def write_model_files(tmp: Path, sources: Sequence, dtype: Optional[torch.dtype]
 def check_outputs(out_dirs: Sequence[Path], sources: Sequence, overwrite: bool, nbytes: int) -> None:
     if len({Path(d).resolve() for d in out_dirs}) != len(out_dirs):
         raise ValueError("the same output directory was given twice")
-    inputs = {s.dir.resolve() for s in sources if s.dir is not None}
+    inputs = [s.dir for s in sources if s.dir is not None]
     for d in out_dirs:
         d = Path(d)
-        if d.resolve() in inputs:
-            raise ValueError(f"output directory {d} is one of the input models; choose another --out")
+        check_not_input(d, inputs, "--out")  # an output replaced with --overwrite must not hold an input
         if d.exists() and not overwrite:
             raise FileExistsError(f"output directory {d} already exists; pass --overwrite to replace it")
         if d.exists() and not d.is_dir():

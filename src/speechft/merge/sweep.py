@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .. import __version__
-from ..utils.io import append_jsonl, atomic_write_json, check_writable, read_jsonl
+from ..utils.io import append_jsonl, atomic_write_json, check_not_input, check_writable, read_jsonl
 from .keys import plan_keys
 from .merge import build_card, merge_models, merge_tensor, open_sources, stream_merge
 from .methods import MergeParams, check_params, describe, get_method
@@ -244,6 +244,8 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
     m, w, params_by_alpha, sources, plan = _setup(pretrained, finetuned, alphas, method, weights, density, seed,
                                                   majority_sign, excluded)
     out_dir = Path(out_dir)
+    for d, whole in ((out_dir, False), (out_dir / SELECTED_DIR, True), (out_dir / "models", True)):
+        check_not_input(d, {"--pretrained": pretrained, "--finetuned": list(finetuned)}, replaced=whole)
     check_writable(out_dir)
     probe_opts = {"size": size, "seeds": [int(s) for s in seeds], "limit": limit, "epochs": epochs}
     identity = sweep_identity(m, params_by_alpha[alphas[0]], excluded, sources, probe_opts)

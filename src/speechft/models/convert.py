@@ -43,7 +43,7 @@ from . import keymaps as km
 from .checkpoints import cfg_from_checkpoint, is_state_dict, read_checkpoint, to_plain
 from .encoder import HFEncoder
 from .io import SAVED_MASK_TIME_PROB, save_encoder
-from ..utils.io import atomic_dir
+from ..utils.io import atomic_dir, check_not_input
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,7 @@ def convert_checkpoint(
         near = difflib.get_close_matches(fmt, FORMATS, n=1)
         raise ValueError(f"unknown format {fmt!r}" + (f" (did you mean {near[0]!r}?)" if near else "") +
                          f"; choose from {', '.join(FORMATS)}")
+    check_not_input(out_dir, {"checkpoint": src, "--config": config})  # --overwrite replaces out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"output path {out_dir} exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:

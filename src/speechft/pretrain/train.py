@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_writable
+from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_not_input, check_writable
 from ..utils.jobs import intra_op_threads
 from .config import QUICK, PretrainConfig, load_config, save_config
 from .data import AudioStore, epoch_batches, generate_quick_audio, make_batch
@@ -123,6 +123,10 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
     check_writable(out)
     cfg = _resolve(out, config, quick, resume, {"steps": steps, "kmeans_from": kmeans_from,
                                                 "kmeans_layer": kmeans_layer})
+    # Nothing is written before these: OUT/encoder is replaced, so it must not hold the init/k-means model.
+    check_not_input(out, {"--init": init, "--kmeans-from": cfg.kmeans_from})
+    listed = manifest if isinstance(manifest, (list, tuple)) else str(manifest or "").split(",")
+    check_not_input(out, {"--manifest": [str(m).strip() for m in listed], "--dev": dev}, replaced=False)
     run_file = out / "run.json"
     if resume:
         run = json.loads(run_file.read_text())

@@ -185,15 +185,15 @@ def check_not_input(out: str | os.PathLike, inputs: Any, what: str = "--out", *,
                 continue
             in_r = path.resolve()
             if in_r == out_r:
-                problem = "is the input"
+                problem, harm = "is the input", "overwrite"
             elif in_r.is_relative_to(out_r) and replaced:
-                problem = "contains the input"
+                problem, harm = "contains the input", "delete"
             elif out_r.is_relative_to(in_r):
-                problem = "lies inside the input"
+                problem, harm = "lies inside the input", "modify"
             else:
                 continue
             shown = f"{label} {value}" if label else str(value)
             if Path(out).expanduser().absolute() != out_r or path.absolute() != in_r:
-                shown += f" ({in_r}; {what} resolves to {out_r})"
-            raise ValueError(f"{what} {out} {problem} {shown}: writing {what} would delete or modify that input; "
+                shown += f" (both resolve to {in_r})" if in_r == out_r else f" ({in_r}; {what} is {out_r})"
+            raise ValueError(f"{what} {out} {problem} {shown}; writing it would {harm} that input: "
                              f"choose another {what}")
