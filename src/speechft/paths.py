@@ -7,6 +7,13 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
 
+# Built-in model references (see speechft.models.io.load_encoder); here, below every module that
+# names them, so that none has to import the model code to recognise one.
+TINY_NAME = "speechft-tiny"  # the pre-trained default, shipped in ASSETS_DIR / TINY_NAME
+TINY_RANDOM_NAME = "speechft-tiny-random"
+FBANK_NAME = "fbank"
+BUILTIN_NAMES = (TINY_NAME, TINY_RANDOM_NAME, FBANK_NAME)
+
 
 def data_home() -> Path:
     """Data home for built-in corpora and caches: ``$SPEECHFT_HOME`` or ``~/.cache/speechft``."""

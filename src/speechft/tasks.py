@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .data.manifest import Utterance
+from .data.manifest import SLOT_SEP, Utterance
 from .utils.names import by_name, lookup
 
 KINDS = ("ctc", "classify", "slots")
 METRICS = {"per": False, "cer": False, "wer": False, "accuracy": True}
-SLOT_SEP = "|"
 WORD_DELIM = "|"  # CTC token that stands for a space in character targets
 
 

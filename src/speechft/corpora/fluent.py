@@ -13,8 +13,7 @@ import csv
 import logging
 from pathlib import Path
 
-from ..data.manifest import Utterance
-from ..tasks import SLOT_SEP
+from ..data.manifest import SLOT_SEP, Utterance
 from .common import (
     CorpusError, LayoutError, check_root, examples, find_nested_root, require_dir, require_file, with_durations,
     write_subset,

@@ -22,6 +22,7 @@ from typing import Iterable, Optional
 from ..utils.io import atomic_write_text
 
 TARGET_FIELDS = ("text", "phones", "label", "speaker", "language")
+SLOT_SEP = "|"  # joins the slot values of a slots label: "action|object|location"
 
 
 class ManifestError(ValueError):

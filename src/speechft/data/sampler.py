@@ -13,7 +13,7 @@ It is a *batch sampler*: iterating it yields ``list[int]`` of dataset indices, s
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -23,6 +23,39 @@ log = logging.getLogger(__name__)
 # Relative jitter on durations before sorting when shuffling: utterances within ±5% of each other
 # can swap places, so batch composition changes between epochs while padding stays small.
 _JITTER = 0.05
+
+
+def pack_batches(order: Iterable[int], sizes: Sequence[float], budget: float,
+                 max_items: Optional[int] = None) -> list[list[int]]:
+    """Greedy length packing: the one batch packer of the toolkit (sampler, probe, pre-training).
+
+    Walks the indices in ``order`` once and appends each to the current batch unless that would
+    make the batch's padded size ``(len(batch) + 1) * max(sizes in batch)`` exceed ``budget`` (or
+    the batch already holds ``max_items``); then the batch is closed and the index starts the next.
+
+    Contract:
+        * every index of ``order`` lands in exactly one batch, in ``order``'s order: batches are
+          consecutive runs of ``order``, so sort (or pool and sort) before packing;
+        * an index whose size alone exceeds ``budget`` forms a batch of its own (nothing is dropped);
+        * sizes are used as given (seconds, frames, ...): callers floor or clip them beforehand;
+        * a pure function: the same arguments give the same batches, bit for bit.
+    Returns ``list[list[int]]`` of indices (plain ints).
+    """
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0.0
+    for i in order:
+        size = float(sizes[i])
+        new_longest = max(longest, size)
+        full = max_items is not None and len(cur) >= max_items
+        if cur and (full or (len(cur) + 1) * new_longest > budget):
+            batches.append(cur)
+            cur, new_longest = [], size
+        cur.append(int(i))
+        longest = new_longest
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 class LengthBucketSampler(Sampler):
@@ -98,20 +131,7 @@ class LengthBucketSampler(Sampler):
             order = np.argsort(key, kind="stable")
         else:
             order = np.argsort(d, kind="stable")
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        longest = 0.0
-        for i in order.tolist():
-            di = float(d[i])
-            new_longest = max(longest, di)
-            full = self.max_batch_size is not None and len(cur) >= self.max_batch_size
-            if cur and (full or (len(cur) + 1) * new_longest > self.max_batch_seconds):
-                batches.append(cur)
-                cur, new_longest = [], di
-            cur.append(i)
-            longest = new_longest
-        if cur:
-            batches.append(cur)
+        batches = pack_batches(order.tolist(), d, self.max_batch_seconds, self.max_batch_size)
         if self.shuffle:
             perm = rng.permutation(len(batches))
             batches = [batches[j] for j in perm]
@@ -193,15 +213,4 @@ def padding_fraction(batches: Sequence[Sequence[int]], durations: Sequence[float
 def random_batches(durations: Sequence[float], max_batch_seconds: float, seed: int = 0) -> list[list[int]]:
     """Baseline: shuffle, then fill batches under the same padded-seconds budget (for comparison)."""
     d = np.asarray(durations, dtype=np.float64)
-    order = np.random.default_rng(seed).permutation(len(d)).tolist()
-    batches, cur, longest = [], [], 0.0
-    for i in order:
-        new_longest = max(longest, float(d[i]))
-        if cur and (len(cur) + 1) * new_longest > max_batch_seconds:
-            batches.append(cur)
-            cur, new_longest = [], float(d[i])
-        cur.append(i)
-        longest = new_longest
-    if cur:
-        batches.append(cur)
-    return batches
+    return pack_batches(np.random.default_rng(seed).permutation(len(d)).tolist(), d, max_batch_seconds)

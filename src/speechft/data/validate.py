@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ..paths import data_home
 from ..utils.io import atomic_write_json
 from .audio import TARGET_SR, scan_audio
-from .manifest import ManifestError, Utterance, parse_line
+from .manifest import SLOT_SEP, ManifestError, Utterance, parse_line
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,6 @@ def _audio_verdict(facts: dict, min_seconds: float, max_seconds: Optional[float]
 
 # -- targets ------------------------------------------------------------------------------------
 def _target_verdict(row: Utterance, task, n_slots: Optional[int]) -> Optional[str]:
-    from ..tasks import SLOT_SEP
-
     fld = task.target_field
     value = row.target(fld)
     if value is None or not str(value).strip():
@@ -180,8 +178,6 @@ def _target_verdict(row: Utterance, task, n_slots: Optional[int]) -> Optional[st
 
 def _expected_slots(task, rows: Iterable[Utterance]) -> Optional[int]:
     """A slots task's slot count: declared by the task, else the most common count in the data."""
-    from ..tasks import SLOT_SEP
-
     declared = getattr(task, "num_slots", None)
     if declared:
         return int(declared)

@@ -7,9 +7,10 @@ See :mod:`speechft.finetune.run` for the output folder and :mod:`speechft.finetu
 the recipes.
 """
 from .config import FinetuneConfig, load_config
+from .loop import TrainingDiverged
 from .model import load_head
 from .recipes import RECIPES, get_recipe
-from .run import TrainingDiverged, finetune
+from .run import finetune
 from .schedule import head_only_steps, tri_stage
 
 __all__ = ["FinetuneConfig", "load_config", "load_head", "RECIPES", "get_recipe", "TrainingDiverged", "finetune",

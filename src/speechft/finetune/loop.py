@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from ..models.encoder import HFEncoder
 from ..models.heads import build_head
 from ..models.io import load_encoder, save_encoder
-from ..utils.io import append_jsonl
+from ..utils.io import append_jsonl, atomic_dir
 from .checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint, truncate_jsonl
 from .data import BatchStream, evaluate, to_device
 from .model import SpeechFTModel, head_meta, save_head
@@ -36,11 +37,13 @@ from .schedule import tri_stage_scheduler
 log = logging.getLogger(__name__)
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
 def train(run: dict, cfg, data, accelerator, out: Path, resume_from: Optional[tuple] = None, progress: bool = True,
           stop_after: Optional[int] = None) -> bool:
     """Run (or continue) the loop; True when all ``cfg.steps`` are done and the outputs written."""
-    from .run import TrainingDiverged, write_outputs
-
     task, vocab, recipe = data.task, data.vocab, get_recipe(run["recipe"])
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
 
@@ -269,3 +272,14 @@ def _card(run: dict, cfg, step: int, dev: Optional[dict], selected: str) -> dict
 def _save_pair(dest: Path, net, vocab, meta: dict, card: dict) -> None:
     save_encoder(plain_encoder(net.encoder), dest / "encoder", card=card)
     save_head(net.head, vocab, meta, dest / "head")
+
+
+def write_outputs(out: Path, encoder, head, vocab, head_meta: dict, card: dict, best_dir: Optional[Path]) -> None:
+    """``OUT/encoder`` and ``OUT/head``: the best ones saved during the run, or the current ones."""
+    if best_dir is not None and (best_dir / "encoder" / "config.json").exists():
+        for name in ("encoder", "head"):
+            with atomic_dir(out / name) as tmp:
+                shutil.copytree(best_dir / name, tmp, dirs_exist_ok=True)
+        return
+    save_encoder(plain_encoder(encoder), out / "encoder", card=card)
+    save_head(head, vocab, head_meta, out / "head")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Union
@@ -24,10 +23,12 @@ from typing import Optional, Union
 import torch
 
 from ..tasks import Task, get_task, user_task
-from ..utils.io import atomic_dir, check_not_input, check_writable
+from ..utils.io import check_not_input, check_writable
 from ..utils.names import read_yaml_mapping
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import QUICK, FinetuneConfig, check_keys, load_config, save_run_config
+from .data import load_task_data
+from .loop import train
 from .recipes import get_recipe, resolved_knobs
 from .schedule import head_only_steps
 
@@ -36,10 +37,6 @@ log = logging.getLogger(__name__)
 # Keys that may change when resuming: they never change the weights.
 RESUME_FREE = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "save_every", "tensorboard",
                "num_workers", "num_threads")
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
 
 
 def finetune(model: Optional[str], task: Union[str, Task, None], out_dir: str | Path, recipe: Optional[str] = "stable",
@@ -78,9 +75,6 @@ def finetune(model: Optional[str], task: Union[str, Task, None], out_dir: str | 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_run_config(out / "config.yaml", cfg, run)
-
-    from .data import load_task_data
-    from .loop import train
 
     with accelerator.main_process_first():  # built-in corpora are prepared once, by the main process
         data = load_task_data(task_obj, run["size"], run["fsdd_root"], run["skip_bad"], cfg)
@@ -184,18 +178,3 @@ def _resolve(out: Path, model, task, recipe, steps, config, resume, quick, overr
     if (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink(missing_ok=True)  # a run that died before its first checkpoint: start clean
     return run, cfg
-
-
-def write_outputs(out: Path, encoder, head, vocab, head_meta: dict, card: dict, best_dir: Optional[Path]) -> None:
-    """``OUT/encoder`` and ``OUT/head``: the best ones saved during the run, or the current ones."""
-    from ..models.io import save_encoder
-    from .model import save_head
-    from .recipes import plain_encoder
-
-    if best_dir is not None and (best_dir / "encoder" / "config.json").exists():
-        for name in ("encoder", "head"):
-            with atomic_dir(out / name) as tmp:
-                shutil.copytree(best_dir / name, tmp, dirs_exist_ok=True)
-        return
-    save_encoder(plain_encoder(encoder), out / "encoder", card=card)
-    save_head(head, vocab, head_meta, out / "head")

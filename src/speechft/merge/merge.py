@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..models.io import CARD_FILE, render_card, resolve_model_dir
 from ..utils.io import atomic_dir, check_not_input, check_writable
 from ..utils.jobs import intra_op_threads
 from .keys import KeyPlan, check_architectures, plan_keys
@@ -37,40 +38,6 @@ OUTPUT_DTYPES = {"source": None, "float32": torch.float32, "float16": torch.floa
 COPIED_FILES = ("preprocessor_config.json",)
 BLOCK = 1 << 16  # elements merged at once (float64 temporaries: a few MiB per input)
 TASK_BLOCK = 1 << 17  # elements at once for θ₀ + α·Σ cᵢ·τᵢ methods (one reused 1 MiB float64 buffer per thread)
-
-
-def resolve_model_dir(ref: str) -> Path:
-    """A model reference -> a local HF directory (see :func:`speechft.models.io.load_encoder`)."""
-    from ..models.io import FBANK_NAME, TINY_NAME, TINY_RANDOM_NAME, is_hf_dir
-    from ..paths import ASSETS_DIR, data_home
-
-    if ref == FBANK_NAME:
-        raise ValueError("'fbank' is a feature baseline without weights; it cannot be merged")
-    if ref == TINY_NAME:
-        path = ASSETS_DIR / TINY_NAME
-        if not is_hf_dir(path):
-            raise FileNotFoundError(f"the shipped model is missing from {path}; reinstall speechft")
-        return path
-    if ref == TINY_RANDOM_NAME:  # built in memory by load_encoder: materialise it once
-        path = data_home() / "models" / TINY_RANDOM_NAME
-        if not is_hf_dir(path):
-            from ..models.io import load_encoder, save_encoder
-
-            save_encoder(load_encoder(TINY_RANDOM_NAME), path, card={"name": TINY_RANDOM_NAME})
-        return path
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not is_hf_dir(path):
-            raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
-        return path
-    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(ref, allow_patterns=["*.json", "*.safetensors"]))
-        except Exception as e:  # offline, unknown id, ...
-            raise FileNotFoundError(f"cannot fetch model {ref!r} from the hub: {e}") from None
-    raise FileNotFoundError(f"model {ref!r}: no such directory")
 
 
 def open_sources(pretrained: str, finetuned: Sequence[str]) -> list[SafetensorsDir]:
@@ -253,8 +220,6 @@ def card_notes(method: MergeMethod, params: MergeParams, plan: KeyPlan) -> str:
 
 def write_model_files(tmp: Path, sources: Sequence, dtype: Optional[torch.dtype], card: dict) -> None:
     """config.json (+ preprocessor config) from θ₀, the model card; the weights are written separately."""
-    from ..models.io import CARD_FILE, render_card
-
     config = dict(sources[0].config)
     if dtype is not None:  # transformers >= 4.56 reads "dtype", older versions "torch_dtype"
         config["dtype"] = str(dtype).replace("torch.", "")

@@ -180,8 +180,3 @@ class HFEncoder(SpeechEncoder):
         mask = valid.long() if self._use_mask else None
         out = self.model(wav, attention_mask=mask, output_hidden_states=True, return_dict=True)
         return list(out.hidden_states), self.frame_lengths(wav_lens)
-
-    def save_pretrained(self, out_dir, card: Optional[dict] = None) -> None:
-        from .io import save_encoder
-
-        save_encoder(self, out_dir, card=card)

@@ -1,32 +1,31 @@
 """Load an encoder from a reference and save encoders as plain Hugging Face directories.
 
-Model references understood by :func:`load_encoder`:
+Model references, read by :func:`resolve_ref` for :func:`load_encoder` and for
+:func:`resolve_model_dir` (merging):
 
 * ``speechft-tiny``          the pre-trained default shipped inside the package
 * ``speechft-tiny-random``   the same architecture, randomly initialised (fixed seed)
 * ``fbank``                  log-mel filterbank frames (SUPERB's lower reference)
 * a local directory          any transformers speech model saved with ``save_pretrained``
-* a hub id                   e.g. ``facebook/hubert-base-ls960`` (needs network access)
+* a hub id                   ``owner/name``, e.g. ``facebook/hubert-base-ls960`` (needs network access)
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from ..paths import ASSETS_DIR
+from .. import paths
+from ..paths import BUILTIN_NAMES, FBANK_NAME, TINY_NAME, TINY_RANDOM_NAME  # noqa: F401 (re-exported)
 from ..utils.io import atomic_dir
 from .encoder import HFEncoder, SpeechEncoder
 
 log = logging.getLogger(__name__)
 
-TINY_NAME = "speechft-tiny"
-TINY_RANDOM_NAME = "speechft-tiny-random"
-FBANK_NAME = "fbank"
-BUILTIN_NAMES = (TINY_NAME, TINY_RANDOM_NAME, FBANK_NAME)
 CARD_FILE = "speechft_card.json"
 # mask_time_prob written to saved configs of models that own masked_spec_embed (hub HuBERT's value)
 SAVED_MASK_TIME_PROB = 0.05
@@ -72,6 +71,67 @@ def is_hf_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists()
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model reference names. ``kind``: ``"fbank"`` (the filterbank baseline), ``"random"``
+    (speechft-tiny-random, built in memory), ``"dir"`` (a local HF directory at ``path``; the shipped
+    speechft-tiny is one) or ``"hub"`` (a hub id, fetched by transformers / huggingface_hub)."""
+
+    ref: str
+    kind: str
+    path: Optional[Path] = None
+
+
+def resolve_ref(ref: Optional[str]) -> ModelRef:
+    """The one reading of a model reference (module docstring); ``None`` means ``speechft-tiny``.
+
+    Raises FileNotFoundError when the shipped model is missing, a folder is not a Hugging Face model
+    directory, or the reference is neither a built-in name, a folder nor a hub id (``owner/name``).
+    """
+    ref = ref or TINY_NAME
+    if ref == FBANK_NAME:
+        return ModelRef(ref, "fbank")
+    if ref == TINY_RANDOM_NAME:
+        return ModelRef(ref, "random")
+    path = paths.ASSETS_DIR / TINY_NAME if ref == TINY_NAME else Path(ref).expanduser()
+    if ref == TINY_NAME and not is_hf_dir(path):
+        raise FileNotFoundError(
+            f"the shipped model is missing from {path}; reinstall speechft or run 'speechft pretrain' to rebuild it"
+        )
+    if path.exists():
+        if not is_hf_dir(path):
+            raise FileNotFoundError(
+                f"{path}: not a Hugging Face model directory (no config.json); "
+                "use 'speechft convert' for fairseq/s3prl/Speech-FT checkpoints"
+            )
+        return ModelRef(ref, "dir", path)
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        return ModelRef(ref, "hub")
+    raise FileNotFoundError(f"model {ref!r}: no such directory")
+
+
+def resolve_model_dir(ref: str) -> Path:
+    """A model reference -> a local HF directory holding its weight files (what merging reads):
+    speechft-tiny-random is saved once under the data home, a hub id is downloaded (json and
+    safetensors files only); ``fbank`` has no weights and is a ValueError."""
+    where = resolve_ref(ref)
+    if where.kind == "fbank":
+        raise ValueError("'fbank' is a feature baseline without weights; it cannot be merged")
+    if where.kind == "random":  # built in memory by load_encoder: materialise it once
+        path = paths.data_home() / "models" / TINY_RANDOM_NAME
+        if not is_hf_dir(path):
+            save_encoder(load_encoder(TINY_RANDOM_NAME), path, card={"name": TINY_RANDOM_NAME})
+        return path
+    if where.kind == "hub":
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(ref, allow_patterns=["*.json", "*.safetensors"]))
+        except Exception as e:  # offline, unknown id, ...
+            raise FileNotFoundError(f"cannot fetch model {ref!r} from the hub: {e}") from None
+    return where.path
+
+
 def _normalize_flag(ref: str) -> bool:
     try:
         from transformers import AutoFeatureExtractor
@@ -84,28 +144,19 @@ def _normalize_flag(ref: str) -> bool:
 
 def load_encoder(ref: Optional[str] = None, freeze_feature_extractor: bool = False) -> SpeechEncoder:
     """Load a model reference (see module docstring); ``None`` means the shipped ``speechft-tiny``."""
-    ref = ref or TINY_NAME
-    if ref == FBANK_NAME:
+    where = resolve_ref(ref)
+    ref = where.ref
+    if where.kind == "fbank":
         from .fbank import FbankEncoder
 
         return FbankEncoder()
-    if ref == TINY_RANDOM_NAME:
+    if where.kind == "random":
         enc = HFEncoder(build_model_from_config(tiny_config(), seed=0), name=TINY_RANDOM_NAME)
         enc.normalize_input = True
     else:
-        path = ASSETS_DIR / TINY_NAME if ref == TINY_NAME else Path(ref).expanduser()
-        if ref == TINY_NAME and not is_hf_dir(path):
-            raise FileNotFoundError(
-                f"the shipped model is missing from {path}; reinstall speechft or run 'speechft pretrain' to rebuild it"
-            )
-        if path.exists() and not is_hf_dir(path):
-            raise FileNotFoundError(
-                f"{path}: not a Hugging Face model directory (no config.json); "
-                "use 'speechft convert' for fairseq/s3prl/Speech-FT checkpoints"
-            )
-        src = str(path) if path.exists() else ref
-        if path.exists():
-            for st in sorted(path.glob("*.safetensors")):
+        src = str(where.path) if where.path is not None else ref
+        if where.path is not None:
+            for st in sorted(where.path.glob("*.safetensors")):
                 check_safetensors(st)  # a damaged file is reported, never half-loaded
         from transformers import AutoModel
 

@@ -21,6 +21,7 @@ import torch
 
 from ..data.audio import TARGET_SR, AudioError, load_audio
 from ..data.manifest import Utterance
+from ..data.sampler import pack_batches
 from .mfcc import HOP, WIN, num_frames
 
 log = logging.getLogger(__name__)
@@ -101,17 +102,7 @@ def epoch_batches(seconds: np.ndarray, batch_seconds: float, max_seconds: float,
     pool = per_batch * 50
     batches = []
     for start in range(0, len(order), pool):
-        chunk = sorted(order[start:start + pool], key=lambda i: dur[i])
-        cur, longest = [], 0.0
-        for i in chunk:
-            longest_new = max(longest, dur[i])
-            if cur and longest_new * (len(cur) + 1) > batch_seconds:
-                batches.append(cur)
-                cur, longest_new = [], dur[i]
-            cur.append(int(i))
-            longest = longest_new
-        if cur:
-            batches.append(cur)
+        batches += pack_batches(sorted(order[start:start + pool], key=lambda i: dur[i]), dur, batch_seconds)
     return [batches[j] for j in rng.permutation(len(batches))]
 
 

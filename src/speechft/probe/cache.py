@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..data.manifest import Utterance
+from ..data.sampler import pack_batches
 from ..utils.io import atomic_write_json, check_writable
 
 log = logging.getLogger(__name__)
@@ -189,19 +190,9 @@ class _ShardWriter:
 
 def length_sorted_batches(durations: Sequence[float], batch_seconds: float) -> list[list[int]]:
     """Indices sorted by duration, cut into batches whose padded length stays within ``batch_seconds``
-    (a single longer utterance still forms its own batch)."""
+    (a single longer utterance still forms its own batch); durations are floored at 1 ms."""
     order = sorted(range(len(durations)), key=lambda i: (durations[i], i))
-    batches, cur, longest = [], [], 0.0
-    for i in order:
-        d = max(float(durations[i]), 1e-3)
-        if cur and max(longest, d) * (len(cur) + 1) > batch_seconds:
-            batches.append(cur)
-            cur, longest = [], 0.0
-        cur.append(i)
-        longest = max(longest, d)
-    if cur:
-        batches.append(cur)
-    return batches
+    return pack_batches(order, [max(float(d), 1e-3) for d in durations], batch_seconds)
 
 
 def ensure_features(

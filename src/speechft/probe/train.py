@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..data.sampler import pack_batches
 from ..metrics import accuracy, accuracy_items, error_items, error_rate
 from ..utils.jobs import intra_op_threads
 
@@ -194,18 +195,8 @@ def frame_batches(lengths: Sequence[float], max_frames: float, rng: Optional[np.
         perm = rng.permutation(n).tolist()
         size = 64  # sort within pools of 64 random utterances: little padding, still random batches
         pools = [sorted(perm[i: i + size], key=lambda j: lengths[j]) for i in range(0, n, size)]
-    batches = []
-    for pool in pools:
-        cur, longest = [], 0.0
-        for i in pool:
-            L = max(float(lengths[i]), 1.0)
-            if cur and max(longest, L) * (len(cur) + 1) > max_frames:
-                batches.append(cur)
-                cur, longest = [], 0.0
-            cur.append(i)
-            longest = max(longest, L)
-        if cur:
-            batches.append(cur)
+    sizes = [max(float(L), 1.0) for L in lengths]  # an empty utterance still counts one frame
+    batches = [b for pool in pools for b in pack_batches(pool, sizes, max_frames)]
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches

@@ -172,7 +172,7 @@ def check_not_input(out: str | os.PathLike, inputs: Any, what: str = "--out", *,
     resolved; what does not exist on disk or is a built-in model name (``speechft-tiny``, ``fbank``, ...)
     or a hub id without a local folder is not a path and is ignored. Call it before anything is written.
     """
-    from ..models.io import BUILTIN_NAMES
+    from ..paths import BUILTIN_NAMES
 
     items = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
     out_r = Path(out).expanduser().resolve()
