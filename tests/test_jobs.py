@@ -3,6 +3,7 @@ import json
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_one_worker_runs_dependencies_first_and_resume_skips(tmp_path):
     run_jobs(_jobs(log), Stages(tmp_path), workers=1)
     order = [r["name"] for r in read_jsonl(log)]
     assert order[-1] == "c" and sorted(order) == ["a", "b", "c"]
-    assert {r["stage"] for r in read_jsonl(tmp_path / "stages.jsonl")} == {"a", "b", "c"}
+    assert {r["stage"] for r in read_jsonl(tmp_path / "stages.jsonl") if r["status"] == "done"} == {"a", "b", "c"}
     run_jobs(_jobs(log), Stages(tmp_path), workers=1)  # everything recorded: nothing runs again
     assert len(read_jsonl(log)) == 3
 
@@ -59,7 +60,7 @@ def test_two_workers_run_independent_jobs_at_once(tmp_path):
     assert a["pid"] != os.getpid() and a["pid"] != b["pid"]  # two worker processes
     assert max(a["start"], b["start"]) < min(a["end"], b["end"])  # a and b overlapped in time
     assert c["start"] >= max(a["end"], b["end"])  # c waited for both
-    stages = {r["stage"]: r for r in read_jsonl(tmp_path / "stages.jsonl")}
+    stages = {r["stage"]: r for r in read_jsonl(tmp_path / "stages.jsonl") if r["status"] == "done"}
     assert set(stages) == {"a", "b", "c"} and all("worker" in r and "started" in r for r in stages.values())
 
 
@@ -67,11 +68,12 @@ def test_a_failing_job_stops_the_graph_and_keeps_what_finished(tmp_path):
     log = tmp_path / "log.jsonl"
     with pytest.raises(RuntimeError, match="b failed on purpose"):
         run_jobs(_jobs(log, fail=("b",)), Stages(tmp_path), workers=2, threads=1, progress=False)
-    done = {r["stage"] for r in read_jsonl(tmp_path / "stages.jsonl")}
-    assert done == {"a"}  # a finished and is recorded; c never started
+    recs = read_jsonl(tmp_path / "stages.jsonl")
+    assert {r["stage"] for r in recs if r["status"] == "done"} == {"a"}  # a finished and is recorded
+    assert {r["stage"] for r in recs if r["status"] == "started"} == {"a", "b"}  # c never started
     run_jobs(_jobs(log), Stages(tmp_path), workers=2, threads=1, progress=False)  # the rerun does b and c only
     assert [r["name"] for r in read_jsonl(log)].count("a") == 1
-    assert {r["stage"] for r in read_jsonl(tmp_path / "stages.jsonl")} == {"a", "b", "c"}
+    assert {r["stage"] for r in read_jsonl(tmp_path / "stages.jsonl") if r["status"] == "done"} == {"a", "b", "c"}
 
 
 def test_a_done_job_whose_output_vanished_runs_again(tmp_path):
@@ -124,3 +126,36 @@ def test_jobs_that_gate_more_work_start_first():
     prio = _priorities(jobs, workers=2)
     assert prio["gate"] > prio["long"] > prio["k0"]
     assert prio["gate"] == 10 + 5 * 30 / 2
+
+
+def _write(path, value, owned=None):
+    """A job whose result is the value it wrote (downstream keys depend on it)."""
+    if owned is not None:
+        Path(owned).mkdir(parents=True, exist_ok=True)
+        (Path(owned) / "stale").write_text("x")
+    with open(path, "a") as f:
+        f.write(f"{value}\n")
+    return value
+
+
+def _runs(path):
+    return Path(path).read_text().split() if Path(path).exists() else []
+
+
+def test_a_changed_input_reruns_that_job_and_what_consumes_its_result_only(tmp_path):
+    la, lb, lc, owned = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt", tmp_path / "owned"
+
+    def graph(a_value, b_value):
+        return [Job("a", _write, dict(path=str(la), value=a_value)),
+                Job("b", _write, dict(path=str(lb), value=b_value, owned=str(owned)), owns=(owned,)),
+                Job("c", _write, dict(path=str(lc), value="c"), deps=("a",))]
+
+    run_jobs(graph("a1", "b1"), Stages(tmp_path))
+    run_jobs(graph("a1", "b1"), Stages(tmp_path))  # unchanged: nothing runs
+    assert (_runs(la), _runs(lb), _runs(lc)) == (["a1"], ["b1"], ["c"])
+    (owned / "leftover").write_text("from the old inputs")
+    run_jobs(graph("a2", "b2"), Stages(tmp_path))  # a's result changed: c reruns although its kwargs did not
+    assert (_runs(la), _runs(lb), _runs(lc)) == (["a1", "a2"], ["b1", "b2"], ["c", "c"])
+    assert not (owned / "leftover").exists()  # b's folder was cleared before b ran with other inputs
+    run_jobs(graph("a2", "b2"), Stages(tmp_path))
+    assert len(_runs(lc)) == 2

@@ -1,35 +1,27 @@
 """`speechft reproduce` on a tiny model: every stage runs, the report is built from records, resume skips."""
 import dataclasses
+import json
 
 import pytest
 
 from speechft.pipeline_config import ReproduceConfig
-from speechft.report.markdown import collect, render_table, summarize, task_scores
+from speechft.report.markdown import Results, render_table
 from speechft.utils.io import read_jsonl
 
 
-def _rec(model, task, value, metric="accuracy", hib=True, seed=0):
-    return {"model": model, "task": task, "metric": metric, "value": value, "higher_is_better": hib, "seed": seed}
+def test_table_bolds_the_best_mean_and_gives_intervals():
+    from test_provenance import _rec
 
-
-def test_table_scores_and_summary_come_from_records():
     recs = [_rec("FBANK", "t1", 0.2), _rec("pre-trained", "t1", 0.6), _rec("regular FT", "t1", 0.5),
-            _rec("Stable-FT", "t1", 0.55), _rec("Speech-FT (α=0.25)", "t1", 0.65),
             _rec("FBANK", "asr", 0.8, "cer", False), _rec("pre-trained", "asr", 0.5, "cer", False),
-            _rec("regular FT", "asr", 0.3, "cer", False), _rec("Stable-FT", "asr", 0.25, "cer", False),
-            _rec("Speech-FT (α=0.25)", "asr", 0.4, "cer", False)]
-    models = ["FBANK", "pre-trained", "regular FT", "Stable-FT", "Speech-FT (α=0.25)"]
-    table = collect(recs)
-    scores = task_scores(table, models, ["t1", "asr"])
-    # hand-computed: 1000 (s - s_fbank) / (s_ref - s_fbank)
-    assert scores[("pre-trained", "t1")] == pytest.approx(1000 * (0.6 - 0.2) / 0.8)
-    assert scores[("regular FT", "asr")] == pytest.approx(1000 * (0.3 - 0.8) / (0.0 - 0.8))
-    md = render_table(table, scores, models, ["t1", "asr"])
-    assert "**65.00**" in md and "**25.00**" in md  # best accuracy / lowest CER in bold
-    names = {"pre": "pre-trained", "regular": "regular FT", "stable": "Stable-FT", "speechft": "Speech-FT (α=0.25)"}
-    text = " ".join(summarize(table, scores, models, ["t1", "asr"], "asr", names))
-    assert "Speech-FT (α=0.25) improves on the pre-trained model" in text
-    assert "beats regular fine-tuning on the cross-task score" in text
+            _rec("regular FT", "asr", 0.3, "cer", False)]
+    models = ["FBANK", "pre-trained", "regular FT"]
+    res = Results(recs, models, ["t1", "asr"])
+    # hand-computed: 1000 (s - s_fbank) / (s_ref - s_fbank), mean over tasks
+    assert res.score("pre-trained", ["t1"]).mean == pytest.approx(1000 * (0.6 - 0.2) / 0.8)
+    assert res.score("regular FT", ["asr"]).mean == pytest.approx(1000 * (0.3 - 0.8) / (0.0 - 0.8))
+    md = render_table(res, models, ["t1", "asr"])
+    assert "| **60.0 [" in md and "| **30.0 [" in md  # best accuracy / lowest CER in bold, with intervals
 
 
 def test_config_rejects_unknown_keys(tmp_path):
@@ -54,15 +46,37 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path, tiny_model_dir, lite_qui
     assert "## What the numbers show" in text and "![" in text
     assert (out / "analysis" / "analysis.jsonl").exists() and (out / "sweep" / "sweep.png").exists()
     done = (out / "stages.jsonl").read_text().count('"done"')
-    # the sweep's α=0 and α=1 are θ₀ and Stable-FT bit for bit: their probe records are reused, not retrained
-    reused = {r["model"]: r.get("reused_from") for r in read_jsonl(out / "probe" / "results.jsonl")}
-    assert reused["linear alpha=0"] == "pre-trained" and reused["linear alpha=1"] == "Stable-FT"
+    # the sweep's α=0 and α=1 are θ₀ and Stable-FT bit for bit: the sweep uses their rows, not new probes
+    sweep = read_jsonl(out / "sweep" / "sweep.jsonl")
+    assert {r["alpha"]: r["model"] for r in sweep} == {0.0: "pre-trained", 1.0: "Stable-FT"}
 
-    # a rerun finds every stage done and redoes nothing
+    # a rerun finds every stage done with the same inputs and redoes nothing
     calls = []
     monkeypatch.setattr("speechft.finetune.finetune", lambda *a, **k: calls.append(a))
     pipeline.reproduce(dataclasses.replace(cfg), out)
-    assert calls == [] and (out / "stages.jsonl").read_text().count('"done"') == done
+    assert calls == [] and (out / "stages.jsonl").read_text().count('"done"') == done + 2  # the two prepare jobs
+    monkeypatch.undo()
+
+    # one config key changed (α): every number of the report belongs to the new config
+    from speechft.models.io import load_encoder
+
+    new = dataclasses.replace(cfg, alpha=0.5)
+    text = pipeline.reproduce(new, out).read_text()
+    assert "| Speech-FT (α=0.5) |" in text and "α=0.25" not in text.split("## Config")[0]
+    merged_fp = load_encoder(str(out / "models" / "speech-ft")).fingerprint()
+    recs = read_jsonl(out / "probe" / "results.jsonl")
+    assert {r["model"] for r in recs} == {"FBANK", "pre-trained", "regular FT", "Stable-FT", "Speech-FT (α=0.5)"}
+    sft = [r for r in recs if r["model"] == "Speech-FT (α=0.5)"]
+    assert sft and all(r["fingerprint"] == merged_fp for r in sft)
+    # ... and the fine-tunings, which α does not feed, were not redone
+    stages = read_jsonl(out / "stages.jsonl")
+    assert sum(r["stage"] == "finetune-stable" and r["status"] == "done" for r in stages) == 1
+
+    # a changed fine-tuning setting reruns the fine-tuning from nothing (not from its old checkpoint)
+    pipeline.reproduce(dataclasses.replace(new, ft_steps=5), out)
+    stages = read_jsonl(out / "stages.jsonl")
+    assert sum(r["stage"] == "finetune-stable" and r["status"] == "done" for r in stages) == 2
+    assert json.loads((out / "finetune" / "stable" / "encoder" / "speechft_card.json").read_text())["steps"] == 5
 
 
 def test_job_graph_shares_extraction_and_feeds_the_sweep(tmp_path):
@@ -70,20 +84,27 @@ def test_job_graph_shares_extraction_and_feeds_the_sweep(tmp_path):
 
     cfg = ReproduceConfig(tasks=("lite-asr", "lite-ks"), baselines=("l2sp",), sweep_alphas=(0.0, 0.25, 0.5, 1.0),
                           sweep_tasks=("lite-asr",))
-    jobs, models = plan_jobs(cfg, tmp_path, ["lite-asr", "lite-ks"])
+    jobs, rows = plan_jobs(cfg, tmp_path, ["lite-asr", "lite-ks"])
     by = {j.name: j for j in jobs}
-    assert list(models) == ["FBANK", "pre-trained", "regular FT", "Stable-FT", "Speech-FT (α=0.25)", "L2-SP"]
-    # θ₀, Stable-FT and Speech-FT wait for the shared extraction; the others for their own fine-tune
+    assert [r.name for r in rows if r.in_table] == ["FBANK", "pre-trained", "regular FT", "Stable-FT",
+                                                     "Speech-FT (α=0.25)", "L2-SP"]
+    assert [(r.role, r.alpha) for r in rows if not r.in_table] == [("sweep", 0.5)]
+    # θ₀, Stable-FT and Speech-FT wait for the shared extraction (and for the job that made them)
     for name in ("pre-trained", "Stable-FT", "Speech-FT (α=0.25)"):
-        assert by[f"probe {name} / lite-ks"].deps == ("extract / lite-ks",)
+        assert "extract / lite-ks" in by[f"probe {name} / lite-ks"].deps
+    assert "merge" in by["probe Speech-FT (α=0.25) / lite-ks"].deps
     assert "finetune-regular" in by["probe regular FT / lite-ks"].deps
     assert "finetune-l2sp" in by["probe L2-SP / lite-ks"].deps
     assert by["probe FBANK / lite-ks"].deps == ("prepare tasks",)
-    # only α=0.5 is new: it is extracted with the shared CNN on the sweep task, and probed before the sweep
-    assert by["extract / lite-asr"].kwargs["sweep_alphas"] == [0.5] and by["extract / lite-ks"].kwargs["sweep_alphas"] == []
+    # only α=0.5 is new: merged once to disk, extracted with the shared CNN on the sweep task only
+    assert by["merge sweep"].kwargs["alphas"] == [0.5]
+    assert str(tmp_path / "models" / "sweep" / "alpha-0.5") in by["extract / lite-asr"].kwargs["refs"]
+    assert not any("sweep" in r for r in by["extract / lite-ks"].kwargs["refs"])
     assert set(by["sweep"].deps) == {"probe pre-trained / lite-asr", "probe Stable-FT / lite-asr",
                                      "probe Speech-FT (α=0.25) / lite-asr", "probe sweep α=0.5 / lite-asr"}
-    assert set(by["analyze"].deps) == {"finetune-regular", "merge"}
+    assert set(by["analyze"].deps) == {"prepare", "finetune-regular", "merge"}
+    # jobs own what they write: a fine-tuning with other settings starts from an empty folder
+    assert by["finetune-stable"].owns == (tmp_path / "finetune" / "stable",)
 
 
 def test_timing_section_sums_jobs_per_stage_and_gives_the_wall_clock():

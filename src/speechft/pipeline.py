@@ -1,33 +1,94 @@
 """`speechft reproduce`: the paper's loop from one config.
 
 prepare data → stable fine-tuning on the fine-tuning task → regular fine-tuning (+ baselines) →
-merge (α) → probe every model on every task (FBANK as the score's lower reference) → α sweep →
-analyses → ``OUT/report.md``.
+merge (α) → the sweep's merged models → probe every model on every task (FBANK as the score's lower
+reference) → α sweep (from the probe records) → analyses → ``OUT/report.md``.
 
 The loop is a graph of jobs (:func:`plan_jobs`) run by :func:`speechft.utils.jobs.run_jobs`, on
-several worker processes when the machine has the cores: the two fine-tunings run side by side, then
-the probes, one job per (model, task). θ₀, Stable-FT, Speech-FT and the sweep's interpolations share
-θ₀'s frozen CNN, so one job per task extracts all their features in one pass (the CNN runs once).
+several worker processes when the machine has the cores: the fine-tunings run side by side, then the
+probes, one job per (model, task). θ₀, Stable-FT, Speech-FT and the sweep's interpolations share θ₀'s
+frozen CNN, so one job per task extracts all their features in one pass (the CNN runs once).
 
-Every job is resumable: a job recorded as done in ``OUT/stages.jsonl`` (with its output present)
-is skipped, and the jobs themselves resume (fine-tuning from its last checkpoint, probing skips
-(model, task, seed) records already written), so rerunning after an interruption redoes only what is
-missing.
+Every job is keyed by what produced it (its settings, θ₀'s weight fingerprint, and the results of
+the jobs it consumes: the content digests of the manifests and models they wrote): a rerun skips a
+job only when its key is unchanged, and a changed config key reruns exactly the jobs downstream of
+it (a fine-tuning whose settings changed starts from nothing, never from the old checkpoint). The
+probe records themselves carry provenance keys (:mod:`speechft.probe.runner`), so a probe job that
+reruns retrains only the heads whose inputs changed. The report is written from typed rows
+(:class:`Row`) and the records of the current jobs only.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .pipeline_config import ReproduceConfig
-from .utils.io import atomic_write_text, check_writable
+from .utils.io import atomic_write_text, check_writable, read_jsonl, rewrite_jsonl
 from .utils.jobs import Job, Stages, default_workers, run_jobs
 
 log = logging.getLogger(__name__)
 
 PRETRAINED, REGULAR, STABLE, SPEECHFT, FBANK = "pre-trained", "regular FT", "Stable-FT", "Speech-FT", "FBANK"
 BASELINE_NAMES = {"l2sp": "L2-SP", "lora": "LoRA", "dora": "DoRA"}
+# Row roles: what a row of the report is (the report never infers it from the name)
+ROLE_FBANK, ROLE_PRETRAINED, ROLE_REGULAR, ROLE_BASELINE = "fbank", "pre-trained", "regular", "baseline"
+ROLE_STABLE, ROLE_SPEECHFT, ROLE_SWEEP, ROLE_EARLY = "stable", "speech-ft", "sweep", "early"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one run keeps everything (``out`` = ``--out``)."""
+
+    out: Path
+
+    def finetune(self, recipe: str) -> Path:
+        return self.out / "finetune" / recipe
+
+    def encoder(self, recipe: str) -> Path:
+        return self.finetune(recipe) / "encoder"
+
+    def early(self, step: int) -> Path:
+        return self.finetune("stable") / "early" / f"step-{step}"
+
+    @property
+    def speechft(self) -> Path:
+        return self.out / "models" / "speech-ft"
+
+    def sweep_model(self, alpha: float) -> Path:
+        return self.out / "models" / "sweep" / f"alpha-{alpha:g}"
+
+    @property
+    def probe(self) -> Path:
+        return self.out / "probe"
+
+    @property
+    def results(self) -> Path:
+        return self.probe / "results.jsonl"
+
+    @property
+    def sweep(self) -> Path:
+        return self.out / "sweep"
+
+    @property
+    def analysis(self) -> Path:
+        return self.out / "analysis"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.md"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model of the run: its name in the records and tables, its reference, what it is."""
+
+    name: str
+    ref: str
+    role: str
+    alpha: Optional[float] = None  # Speech-FT and sweep rows: the interpolation weight
+    in_table: bool = True  # sweep-only models appear in the sweep plot, not the main table
 
 
 def _available_tasks(cfg: ReproduceConfig) -> tuple[list[str], list[str]]:
@@ -49,7 +110,7 @@ def _available_tasks(cfg: ReproduceConfig) -> tuple[list[str], list[str]]:
 # Rough single-thread seconds of each job on the default-size demo: only used to start the jobs on
 # the longest remaining chain first.
 _COST = {"prepare": 15, "finetune-stable": 100, "finetune": 170, "merge": 1, "extract": 45, "probe": 8,
-         "probe lite-asr": 40, "probe lite-pr": 18, "sweep": 5, "analyze": 90}
+         "probe lite-asr": 40, "probe lite-pr": 18, "sweep": 2, "analyze": 90}
 
 
 def _device() -> str:
@@ -59,19 +120,75 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _prepare(tasks: list, size: str, fsdd: Optional[str]) -> None:
+# -- job functions: module-level (pickled to reach a worker), plain JSON-able kwargs, each returns the
+# -- content digest of what it wrote (downstream keys include it) or None ------------------------------
+def _prepare(tasks: list, size: str, fsdd: Optional[str]) -> str:
     from .tasks import get_task
+    from .utils.provenance import file_digest, key_of
 
-    for name in tasks:
-        get_task(name).resolve_manifests(size=size, fsdd_root=fsdd)
+    return key_of({name: {s: file_digest(p) for s, p in get_task(name).resolve_manifests(size=size, fsdd_root=fsdd).items()}
+                   for name in tasks})
 
 
-def _finetune(cfg: ReproduceConfig, recipe: str, rdir: str) -> None:
+def _finetune(model: str, task: str, recipe: str, rdir: str, size: str, fsdd: Optional[str], options: dict) -> str:
     from .finetune import finetune
+    from .utils.provenance import dir_digest
 
     rdir = Path(rdir)
-    kw = dict(recipe=recipe, steps=cfg.ft_steps, lr=cfg.ft_lr, batch_seconds=cfg.ft_batch_seconds, size=cfg.size,
-              fsdd_root=cfg.fsdd)
+    finetune(model, task, rdir, recipe=recipe, resume=(rdir / "checkpoints").exists(), size=size, fsdd_root=fsdd,
+             **options)
+    return dir_digest(rdir / "encoder")
+
+
+def _merge(model: str, finetuned: list, alphas: list, outs: list) -> str:
+    """θ₀ + α·τ for every α in one streaming pass; the digest of all the merged models."""
+    from .merge.merge import merge_alphas
+    from .utils.provenance import dir_digest, key_of
+
+    merge_alphas(model, finetuned, alphas, outs, overwrite=True, progress=False)
+    return key_of([dir_digest(o) for o in outs])
+
+
+def _extract(refs: list, task: str, size: str, fsdd: Optional[str], limit: Optional[int]) -> str:
+    """Features of every model sharing θ₀'s CNN on one task, in one pass (the CNN runs once). Its
+    result is a constant: the feature cache is keyed by content, so what the probes compute does not
+    depend on this job (they depend on the jobs that made their models)."""
+    from .probe import extract_features
+
+    extract_features(refs, [task], size=size, fsdd_root=fsdd, limit=limit, device=_device())
+    return "feature cache"
+
+
+def _probe(name: str, ref: str, task: str, probe_dir: str, seeds: int, size: str, fsdd: Optional[str],
+           limit: Optional[int], epochs: Optional[int]) -> list:
+    """Probe one model on one task; the result is the sorted provenance keys of its records (the
+    report shows exactly these). Records of this model and task made with other inputs are replaced
+    (the job owns them)."""
+    from .probe import run_probe
+
+    recs = run_probe(ref, [task], probe_dir, seeds=tuple(range(seeds)), size=size, fsdd_root=fsdd, limit=limit,
+                     model_name=name, epochs=epochs, device=_device(), replace=True)
+    return sorted(r["key"] for r in recs)
+
+
+def _sweep(models: dict, tasks: list, results: str, out: str) -> None:
+    """The α sweep's records and plot, from the probe records of the models at each α."""
+    from .merge.sweep import sweep_from_records
+
+    sweep_from_records({float(a): name for a, name in models.items()}, tasks, read_jsonl(results), out)
+
+
+def _analyze(models: list, names: list, task: str, size: str, fsdd: Optional[str], limit: int, out: str) -> None:
+    from .analysis.run import analyze
+    from .tasks import get_task
+
+    manifest = get_task(task).resolve_manifests(size=size, fsdd_root=fsdd)["test"]
+    analyze(models, manifest, out, limit=limit, names=names)
+
+
+# -- the plan ----------------------------------------------------------------------------------------
+def _recipe_options(cfg: ReproduceConfig, recipe: str) -> dict:
+    kw = dict(steps=cfg.ft_steps, lr=cfg.ft_lr, batch_seconds=cfg.ft_batch_seconds)
     if recipe == "stable":
         kw["beta"] = cfg.beta
         if "early" in cfg.baselines and cfg.early_every:
@@ -80,134 +197,123 @@ def _finetune(cfg: ReproduceConfig, recipe: str, rdir: str) -> None:
         kw["l2sp_lambda"] = cfg.l2sp_lambda
     if recipe in ("lora", "dora"):
         kw["lora_rank"] = cfg.lora_rank
-    finetune(cfg.model, cfg.ft_task, rdir, resume=(rdir / "checkpoints").exists(), **kw)
+    return kw
 
 
-def _merge(cfg: ReproduceConfig, stable: str, merged: str) -> None:
-    from .merge import merge_models
-
-    merge_models(cfg.model, [stable], merged, alpha=cfg.alpha, overwrite=True)
-
-
-def _extract(cfg: ReproduceConfig, task: str, models: list, stable: str, sweep_alphas: list) -> None:
-    """Features of every model sharing θ₀'s CNN on one task, in one pass (the CNN runs once)."""
-    from .merge.sweep import merged_encoders
-    from .probe import extract_features
-
-    encs = list(models)
-    if sweep_alphas:
-        encs += [e for _, e in merged_encoders(cfg.model, [stable], sweep_alphas)]
-    extract_features(encs, [task], size=cfg.size, fsdd_root=cfg.fsdd, limit=cfg.probe_limit, device=_device())
+def early_steps(cfg: ReproduceConfig) -> list[int]:
+    """Steps at which stable fine-tuning keeps an early checkpoint (the early-stop baseline)."""
+    if "early" not in cfg.baselines or not cfg.early_every:
+        return []
+    return list(range(cfg.early_every, cfg.ft_steps + 1, cfg.early_every))
 
 
-def _probe(cfg: ReproduceConfig, name: str, ref: str, tasks: list, probe_dir: str) -> None:
-    from .probe import run_probe
-
-    run_probe(ref, tasks, probe_dir, seeds=tuple(range(cfg.seeds)), size=cfg.size, fsdd_root=cfg.fsdd,
-              limit=cfg.probe_limit, model_name=name, epochs=cfg.probe_epochs, device=_device())
-
-
-def _probe_sweep_alpha(cfg: ReproduceConfig, alpha: float, stable: str, task: str, probe_dir: str) -> None:
-    """The sweep's model at ``alpha`` on one task; :func:`run_sweep` then finds the record."""
-    from .merge.sweep import merged_encoders, sweep_model_name
-    from .probe import run_probe
-
-    for a, enc in merged_encoders(cfg.model, [stable], [alpha]):
-        run_probe(enc, [task], probe_dir, seeds=tuple(range(cfg.seeds)), size=cfg.size, fsdd_root=cfg.fsdd,
-                  limit=cfg.probe_limit, model_name=sweep_model_name("linear", a), epochs=cfg.probe_epochs,
-                  device=_device())
+def plan_rows(cfg: ReproduceConfig, layout: Layout) -> list[Row]:
+    """The run's models, in table order."""
+    rows = [Row(FBANK, "fbank", ROLE_FBANK), Row(PRETRAINED, cfg.model, ROLE_PRETRAINED),
+            Row(REGULAR, str(layout.encoder("regular")), ROLE_REGULAR),
+            Row(STABLE, str(layout.encoder("stable")), ROLE_STABLE, alpha=1.0),
+            Row(f"{SPEECHFT} (α={cfg.alpha:g})", str(layout.speechft), ROLE_SPEECHFT, alpha=float(cfg.alpha))]
+    rows += [Row(BASELINE_NAMES[b], str(layout.encoder(b)), ROLE_BASELINE) for b in cfg.baselines if b in BASELINE_NAMES]
+    rows += [Row(f"early (step-{k})", str(layout.early(k)), ROLE_EARLY) for k in early_steps(cfg)]
+    # α = 0, α and 1 are θ₀, Speech-FT and Stable-FT bit for bit: the sweep uses their rows
+    for a in dict.fromkeys(float(x) for x in cfg.sweep_alphas):
+        if a not in (0.0, 1.0, float(cfg.alpha)):
+            rows.append(Row(f"sweep α={a:g}", str(layout.sweep_model(a)), ROLE_SWEEP, alpha=a, in_table=False))
+    return rows
 
 
-def _probe_early(cfg: ReproduceConfig, tasks: list, stable_dir: str, probe_dir: str) -> None:
-    for p in sorted((Path(stable_dir) / "early").glob("step-*")):
-        _probe(cfg, f"early ({p.name})", str(p), tasks, probe_dir)
+def sweep_models(cfg: ReproduceConfig, rows: list[Row]) -> dict[float, str]:
+    """α -> the row name whose records give the sweep's point at α."""
+    by_alpha = {0.0: PRETRAINED}
+    by_alpha.update({r.alpha: r.name for r in rows if r.role in (ROLE_STABLE, ROLE_SPEECHFT, ROLE_SWEEP)})
+    return {float(a): by_alpha[float(a)] for a in dict.fromkeys(cfg.sweep_alphas)}
 
 
-def _sweep(cfg: ReproduceConfig, stable: str, tasks: list, out: str, probe_dir: str) -> None:
-    from .merge.sweep import run_sweep
-
-    run_sweep(cfg.model, [stable], cfg.sweep_alphas, tasks, out, size=cfg.size, fsdd_root=cfg.fsdd,
-              seeds=tuple(range(cfg.seeds)), epochs=cfg.probe_epochs, limit=cfg.probe_limit, probe_dir=probe_dir)
-
-
-def _analyze(cfg: ReproduceConfig, models: list, names: list, out: str) -> None:
-    from .analysis.run import analyze
-    from .tasks import get_task
-
-    manifest = get_task(cfg.ft_task).resolve_manifests(size=cfg.size, fsdd_root=cfg.fsdd)["test"]
-    analyze(models, manifest, out, limit=cfg.analysis_limit, names=names)
-
-
-def plan_jobs(cfg: ReproduceConfig, out: Path, tasks: list[str]) -> tuple[list[Job], dict[str, str]]:
-    """The job graph of one run, and the rows of the report's table (name -> model reference)."""
-    ft_dir, probe_dir, merged = out / "finetune", out / "probe", out / "models" / "speech-ft"
-    stable = str(ft_dir / "stable" / "encoder")
-    sft_name = f"{SPEECHFT} (α={cfg.alpha:g})"
-    jobs = [Job("prepare", _prepare, dict(tasks=[cfg.ft_task], size=cfg.size, fsdd=cfg.fsdd), cost=_COST["prepare"])]
+def plan_jobs(cfg: ReproduceConfig, out: Path, tasks: list[str], model_fingerprint: str = "") -> tuple[list[Job], list[Row]]:
+    """The job graph of one run and the report's rows. ``model_fingerprint``: θ₀'s weight
+    fingerprint (part of the key of every job that reads θ₀)."""
+    layout = Layout(Path(out))
+    rows = plan_rows(cfg, layout)
+    theta0 = {"model": model_fingerprint}
+    data = dict(size=cfg.size, fsdd=cfg.fsdd)
+    jobs = [Job("prepare", _prepare, dict(tasks=[cfg.ft_task], **data), cost=_COST["prepare"], always=True)]
     rest = [t for t in tasks if t != cfg.ft_task]
     if rest:
-        jobs.append(Job("prepare tasks", _prepare, dict(tasks=rest, size=cfg.size, fsdd=cfg.fsdd), cost=_COST["prepare"]))
+        jobs.append(Job("prepare tasks", _prepare, dict(tasks=rest, **data), cost=_COST["prepare"], always=True))
 
     def prepared(task: str) -> str:
         return "prepare" if task == cfg.ft_task else "prepare tasks"
 
     recipes = ["stable", "regular"] + [b for b in cfg.baselines if b in BASELINE_NAMES]
     for recipe in recipes:
-        rdir = ft_dir / recipe
-        jobs.append(Job(f"finetune-{recipe}", _finetune, dict(cfg=cfg, recipe=recipe, rdir=str(rdir)), deps=("prepare",),
-                        outputs=(rdir / "encoder" / "config.json",),
+        rdir = layout.finetune(recipe)
+        jobs.append(Job(f"finetune-{recipe}", _finetune,
+                        dict(model=cfg.model, task=cfg.ft_task, recipe=recipe, rdir=str(rdir), **data,
+                             options=_recipe_options(cfg, recipe)),
+                        deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=theta0, owns=(rdir,),
                         cost=_COST["finetune-stable"] if recipe == "stable" else _COST["finetune"]))
-    jobs.append(Job("merge", _merge, dict(cfg=cfg, stable=stable, merged=str(merged)), deps=("finetune-stable",),
-                    outputs=(merged / "config.json",), cost=_COST["merge"]))
-
-    models = {FBANK: "fbank", PRETRAINED: cfg.model, REGULAR: str(ft_dir / "regular" / "encoder"), STABLE: stable,
-              sft_name: str(merged)}
-    tuned_by = {REGULAR: "finetune-regular"}
-    for b in recipes[2:]:
-        models[BASELINE_NAMES[b]] = str(ft_dir / b / "encoder")
-        tuned_by[BASELINE_NAMES[b]] = f"finetune-{b}"
+    stable = str(layout.encoder("stable"))
+    jobs.append(Job("merge", _merge, dict(model=cfg.model, finetuned=[stable], alphas=[float(cfg.alpha)],
+                                          outs=[str(layout.speechft)]),
+                    deps=("finetune-stable",), outputs=(layout.speechft / "config.json",), inputs=theta0,
+                    owns=(layout.speechft,), cost=_COST["merge"]))
+    sweep_rows = [r for r in rows if r.role == ROLE_SWEEP]
+    if sweep_rows:
+        jobs.append(Job("merge sweep", _merge, dict(model=cfg.model, finetuned=[stable], alphas=[r.alpha for r in sweep_rows],
+                                                    outs=[r.ref for r in sweep_rows]),
+                        deps=("finetune-stable",), outputs=tuple(Path(r.ref) / "config.json" for r in sweep_rows),
+                        inputs=theta0, owns=tuple(Path(r.ref) for r in sweep_rows), cost=_COST["merge"] * len(sweep_rows)))
     sweep_tasks = [t for t in cfg.sweep_tasks if t in tasks] if cfg.sweep_alphas else []
-    # α = 0, α and 1 are θ₀, Speech-FT and Stable-FT bit for bit: the sweep reuses their records
-    extra = [a for a in dict.fromkeys(float(x) for x in cfg.sweep_alphas) if a not in (0.0, 1.0, float(cfg.alpha))]
-    shared = {PRETRAINED, STABLE, sft_name}  # frozen CNN: identical to θ₀'s
+    shared = {PRETRAINED, STABLE} | {r.name for r in rows if r.role in (ROLE_SPEECHFT, ROLE_SWEEP)}  # θ₀'s frozen CNN
+    made_by = {r.name: f"finetune-{rec}" for r, rec in
+               [(r, next(k for k, v in BASELINE_NAMES.items() if v == r.name)) for r in rows if r.role == ROLE_BASELINE]}
+    made_by.update({REGULAR: "finetune-regular", STABLE: "finetune-stable"})
+    made_by.update({r.name: "finetune-stable" for r in rows if r.role == ROLE_EARLY})
+    made_by.update({r.name: "merge" for r in rows if r.role == ROLE_SPEECHFT})
+    made_by.update({r.name: "merge sweep" for r in sweep_rows})
+    probe_kw = dict(probe_dir=str(layout.probe), seeds=cfg.seeds, limit=cfg.probe_limit, epochs=cfg.probe_epochs, **data)
     sweep_deps = []
     for task in tasks:
-        alphas = extra if task in sweep_tasks else []
+        task_rows = [r for r in rows if r.in_table or task in sweep_tasks]
+        extract_refs = [r.ref for r in task_rows if r.name in shared]
         jobs.append(Job(f"extract / {task}", _extract,
-                        dict(cfg=cfg, task=task, models=[models[n] for n in (PRETRAINED, STABLE, sft_name)],
-                             stable=stable, sweep_alphas=alphas),
-                        deps=("merge", prepared(task)), cost=_COST["extract"] * (1 + len(alphas) / 3)))
+                        dict(refs=extract_refs, task=task, size=cfg.size, fsdd=cfg.fsdd, limit=cfg.probe_limit),
+                        deps=tuple(dict.fromkeys([made_by[r.name] for r in task_rows if r.name in made_by and r.name in shared]
+                                                 + [prepared(task)])),
+                        inputs=theta0, cost=_COST["extract"] * (1 + len(extract_refs) / 6)))
         cost = _COST.get(f"probe {task}", _COST["probe"])
-        for name, ref in models.items():
-            if name in shared:
-                deps = (f"extract / {task}",)
-            elif name == FBANK:
-                deps = (prepared(task),)
-            else:
-                deps = (prepared(task), tuned_by[name])
-            jobs.append(Job(f"probe {name} / {task}", _probe,
-                            dict(cfg=cfg, name=name, ref=ref, tasks=[task], probe_dir=str(probe_dir)), deps=deps,
-                            cost=cost * (1.5 if name not in shared and name != FBANK else 1)))
-            if task in sweep_tasks and name in shared:
-                sweep_deps.append(f"probe {name} / {task}")
-        for a in alphas:
-            jobs.append(Job(f"probe sweep α={a:g} / {task}", _probe_sweep_alpha,
-                            dict(cfg=cfg, alpha=a, stable=stable, task=task, probe_dir=str(probe_dir)),
-                            deps=(f"extract / {task}",), cost=cost))
-            sweep_deps.append(f"probe sweep α={a:g} / {task}")
-    if "early" in cfg.baselines and cfg.early_every:
-        jobs.append(Job("probe early checkpoints", _probe_early,
-                        dict(cfg=cfg, tasks=tasks, stable_dir=str(ft_dir / "stable"), probe_dir=str(probe_dir)),
-                        deps=("finetune-stable", "prepare tasks" if rest else "prepare"), cost=100))
+        for r in task_rows:
+            deps = (prepared(task),) + ((made_by[r.name],) if r.name in made_by else ())
+            if r.name in shared:
+                deps += (f"extract / {task}",)
+            jobs.append(Job(f"probe {r.name} / {task}", _probe, dict(name=r.name, ref=r.ref, task=task, **probe_kw),
+                            deps=deps, inputs=theta0 if r.role == ROLE_PRETRAINED else {}, outputs=(layout.results,),
+                            cost=cost * (1.5 if r.name not in shared and r.role != ROLE_FBANK else 1)))
+        if task in sweep_tasks:
+            sweep_deps += [f"probe {name} / {task}" for name in sweep_models(cfg, rows).values()]
     if sweep_tasks:
-        jobs.append(Job("sweep", _sweep, dict(cfg=cfg, stable=stable, tasks=sweep_tasks, out=str(out / "sweep"),
-                                              probe_dir=str(probe_dir)), deps=tuple(sweep_deps), cost=_COST["sweep"]))
+        jobs.append(Job("sweep", _sweep, dict(models={f"{a:g}": n for a, n in sweep_models(cfg, rows).items()},
+                                              tasks=sweep_tasks, results=str(layout.results), out=str(layout.sweep)),
+                        deps=tuple(dict.fromkeys(sweep_deps)), owns=(layout.sweep,), cost=_COST["sweep"]))
+    analyzed = [r for r in rows if r.role in (ROLE_PRETRAINED, ROLE_REGULAR, ROLE_STABLE, ROLE_SPEECHFT)]
     jobs.append(Job("analyze", _analyze,
-                    dict(cfg=cfg, models=[cfg.model, models[REGULAR], stable, str(merged)],
-                         names=[PRETRAINED, REGULAR, STABLE, sft_name], out=str(out / "analysis")),
-                    deps=("finetune-regular", "merge"), outputs=(out / "analysis" / "analysis.jsonl",),
-                    cost=_COST["analyze"]))
-    return jobs, models
+                    dict(models=[r.ref for r in analyzed], names=[r.name for r in analyzed], task=cfg.ft_task,
+                         size=cfg.size, fsdd=cfg.fsdd, limit=cfg.analysis_limit, out=str(layout.analysis)),
+                    deps=("prepare", "finetune-regular", "merge"), outputs=(layout.analysis / "analysis.jsonl",),
+                    inputs=theta0, owns=(layout.analysis,), cost=_COST["analyze"]))
+    return jobs, rows
+
+
+def _prune_records(layout: Layout, jobs: list[Job]) -> None:
+    """Drop probe records no job of this plan owns (models or tasks no longer in the config), before
+    any worker starts: ``probe/results.jsonl`` then holds only this config's models."""
+    owned = {(j.kwargs["name"], j.kwargs["task"]) for j in jobs if j.fn is _probe}
+    recs = read_jsonl(layout.results)
+    keep = [r for r in recs if (r.get("model"), r.get("task")) in owned]
+    if len(keep) < len(recs):
+        log.info("%s: dropping %d record(s) of models or tasks no longer in the config", layout.results,
+                 len(recs) - len(keep))
+        rewrite_jsonl(layout.results, keep)
 
 
 def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False, workers: Optional[int] = None) -> Path:
@@ -216,28 +322,29 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False, wo
     ``workers``: processes running independent jobs at once (default: :func:`default_workers`, two
     single-thread processes on a 2-core machine, one on a GPU machine).
     """
+    from .models.io import load_encoder
+
     if quick:
         cfg = ReproduceConfig.quick(cfg)
-    out = Path(out_dir)
-    check_writable(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    stages = Stages(out)
+    layout = Layout(Path(out_dir))
+    check_writable(layout.out)
+    layout.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(layout.out / "config.yaml", cfg.to_yaml())
+    stages = Stages(layout.out)
     tasks, dropped = _available_tasks(cfg)
     if dropped:
         log.warning("no FSDD copy found (pass --fsdd PATH or set SPEECHFT_FSDD): skipping %s", ", ".join(dropped))
     workers, threads = default_workers(workers)
-    jobs, models = plan_jobs(cfg, out, tasks)
+    jobs, rows = plan_jobs(cfg, layout.out, tasks, model_fingerprint=load_encoder(cfg.model).fingerprint())
+    _prune_records(layout, jobs)
     log.info("reproduce: %d jobs on %d worker(s) x %d thread(s)", len(jobs), workers, threads)
-    run_jobs(jobs, stages, workers=workers, threads=threads)
-    ft_dir = out / "finetune"
-    if "early" in cfg.baselines and cfg.early_every:
-        for p in sorted((ft_dir / "stable" / "early").glob("step-*")):
-            models[f"early ({p.name})"] = str(p)
+    results = run_jobs(jobs, stages, workers=workers, threads=threads)
 
     from .report.markdown import write_report
 
-    report = write_report(out, cfg, list(models), tasks, dropped, stages.done,
-                          run_info={"workers": workers, "threads": threads, "jobs": len(jobs)})
+    current = {k for j in jobs if j.fn is _probe for k in results[j.name]}
+    report = write_report(layout, cfg, rows, tasks, dropped, {j.name: stages.done[j.name] for j in jobs},
+                          run_info={"workers": workers, "threads": threads, "jobs": len(jobs)},
+                          probe_keys=current)
     log.info("report written to %s", report)
     return report

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .. import __version__
-from ..utils.io import append_jsonl, atomic_write_json, check_not_input, check_writable, read_jsonl
+from ..utils.io import append_jsonl, atomic_write_json, check_not_input, check_writable, read_jsonl, rewrite_jsonl
 from .keys import plan_keys
 from .merge import build_card, merge_models, merge_tensor, open_sources, stream_merge
 from .methods import MergeParams, check_params, describe, get_method
@@ -128,6 +128,24 @@ def aggregate(probe_records: list[dict], alpha: float, tasks: Sequence[str], bas
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
     return out
+
+
+def sweep_from_records(models: dict, tasks: Sequence[str], probe_records: Sequence[dict], out_dir: str | Path,
+                       method: str = "linear", plot: bool = True) -> SweepResult:
+    """A sweep made of probes that already ran: ``models`` maps α to the probe-record name of the
+    model merged at α (``reproduce`` probes them as models of its own). Writes ``sweep.jsonl``
+    (replaced, one record per (α, task, metric), mean over seeds) and ``sweep.png``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = {"schema_version": SCHEMA_VERSION, "method": get_method(method).name, "package_version": __version__}
+    by_alpha = {float(a): [r for r in probe_records if r["model"] == name and r["task"] in tasks]
+                for a, name in sorted(models.items())}
+    base["sweep_id"] = identity_id({"models": {f"{a:g}": n for a, n in models.items()},
+                                    "records": sorted(r.get("key") or "" for rs in by_alpha.values() for r in rs)})
+    records = [rec for a, recs in by_alpha.items() for rec in aggregate(recs, a, list(tasks), base)]
+    rewrite_jsonl(out_dir / SWEEP_FILE, records)
+    png = plot_sweep(records, out_dir / PLOT_FILE, title=f"{base['method']} merge: metric vs α") if plot and records else None
+    return SweepResult(records, png, None, None)
 
 
 def encoder_from_state(model_dir: Path, state: dict, name: str):

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import __version__
 from ..tasks import FSDD_TASKS, LITE_TASKS, Task, get_task
-from ..utils.io import append_jsonl, check_writable, read_jsonl, rewrite_jsonl
+from ..utils.io import append_jsonl, check_writable, jsonl_lock, read_jsonl, rewrite_jsonl
 from ..utils.provenance import changes, file_digest, key_of, stat_digest
 from . import cache as fcache
 from .train import CachedSource, ProbeConfig, default_config, train_head
@@ -332,6 +332,11 @@ def _record(name: str, encoder, fingerprint: str, plan: TaskPlan, seed: int, res
     }
 
 
+def _append(results_path: Path, rec: dict) -> None:
+    with jsonl_lock(results_path):
+        append_jsonl(results_path, rec)
+
+
 def run_probe(
     model,
     tasks,
@@ -386,7 +391,8 @@ def run_probe(
 
     encoder, name = _open_model(model, model_name, device)
     fingerprint, mkey, enc_version = encoder.fingerprint(), fcache.model_key(encoder), fcache.encoder_version(encoder)
-    existing = check_stale(results_path, read_jsonl(results_path), name, plans, fingerprint, enc_version, replace)
+    with jsonl_lock(results_path):  # other processes may append to the same file meanwhile
+        existing = check_stale(results_path, read_jsonl(results_path), name, plans, fingerprint, enc_version, replace)
     out: list[dict] = []
     for plan in plans:
         task = plan.task
@@ -402,7 +408,7 @@ def run_probe(
                 out.append(mine[-1])
             elif same:  # same weights, data and settings probed under another name: reuse, do not retrain
                 rec = {**same[-1], "model": name, "reused_from": same[-1].get("model")}
-                append_jsonl(results_path, rec)
+                _append(results_path, rec)
                 existing.append(rec)
                 out.append(rec)
             else:
@@ -421,7 +427,7 @@ def run_probe(
             res = _train_one(encoder, plan, vocab, sources, targets, refs, seed, progress, device)
             prov = record_provenance(plan.data, fingerprint, enc_version, plan.cfg, seed)
             rec = _record(name, encoder, fingerprint, plan, seed, res, prov, size, limit, timing)
-            append_jsonl(results_path, rec)
+            _append(results_path, rec)
             existing.append(rec)
             out.append(rec)
             log.info("%s / %s / seed %d: %s = %.4f (dev %.4f, epoch %d)", name, task.name, seed, task.metric,

@@ -1,127 +1,191 @@
-"""The `reproduce` report: a paper-style table, plots and a plain-language summary, all from records.
+"""The `reproduce` report: a paper-style table with intervals, plots and a significance-aware summary.
 
 Nothing here holds a number of its own: every figure in ``report.md`` is read from the run's
-result records (probe results, sweep records, analysis records, stage timings).
+result records (probe results, sweep records, analysis records, stage timings), scored by
+:mod:`speechft.probe.score` (the same path as ``speechft probe``) with bootstrap intervals from
+:mod:`speechft.probe.stats`. The rows come typed from the pipeline (:class:`speechft.pipeline.Row`).
 """
 from __future__ import annotations
 
-import math
 import platform
 import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
+from ..probe import stats
+from ..probe.score import score_table
 from ..utils.io import atomic_write_text, read_jsonl
 
+class Results:
+    """The probe records of one report, indexed by (model, task), with their scores and intervals."""
 
-def _fmt(metric: str, vals: Sequence[float]) -> str:
-    scale = 100.0  # accuracy and error rates both shown in %
-    m = statistics.fmean(vals) * scale
-    if len(vals) > 1:
-        return f"{m:.2f} ± {statistics.stdev(vals) * scale:.2f}"
-    return f"{m:.2f}"
+    def __init__(self, records: Sequence[dict], models: Sequence[str], tasks: Sequence[str]):
+        self.models, self.tasks = list(models), list(tasks)
+        self.records = [r for r in records if r["model"] in self.models and r["task"] in self.tasks]
+        self.cells: dict = {}
+        for r in self.records:
+            self.cells.setdefault((r["model"], r["task"]), []).append(r)
+        self.scores = {row["model"]: row for row in score_table(self.records)} if self.records else {}
+        self._reps: dict = {}
+        self._refs: dict = {}
+
+    def meta(self, task: str) -> tuple[str, bool]:
+        r = next((r for r in self.records if r["task"] == task), None)
+        return (r["metric"], bool(r["higher_is_better"])) if r else ("?", True)
+
+    def cell(self, model: str, task: str) -> Optional[stats.Interval]:
+        recs = self.cells.get((model, task))
+        if not recs:
+            return None
+        return stats.cell(recs) or stats.Interval(*(3 * [statistics.fmean(r["value"] for r in recs)]))
+
+    def points(self, model: str, task: str) -> Optional[float]:
+        return ((self.scores.get(model) or {}).get("tasks", {}).get(task) or {}).get("points")
+
+    def _point_reps(self, model: str, task: str) -> Optional[np.ndarray]:
+        """Bootstrap replicates of the model's SUPERB-style points on one task (FBANK and the
+        reference fixed at their point values)."""
+        key = (model, task)
+        if key not in self._reps:
+            recs, fb = self.cells.get(key), self._fbank(task)
+            reps = stats.replicates(recs) if recs and fb is not None else None
+            self._reps[key] = None if reps is None else 1000.0 * (reps - fb[0]) / (fb[1] - fb[0])
+        return self._reps[key]
+
+    def _fbank(self, task: str) -> Optional[tuple[float, float]]:
+        """(s_FBANK, s_ref) of ``task``, as probe.score scores it."""
+        if task not in self._refs:
+            self._refs[task] = next((info for m in self.models if (m, task) in self.cells
+                                     for info in [_score_info(self.records, m, task)] if info), None)
+        return self._refs[task]
+
+    def score(self, model: str, tasks: Sequence[str]) -> Optional[stats.Interval]:
+        """Mean points over ``tasks`` with its interval (tasks resampled independently)."""
+        pts = [self.points(model, t) for t in tasks]
+        if not tasks or any(p is None for p in pts):
+            return None
+        point = statistics.fmean(pts)
+        reps = [self._point_reps(model, t) for t in tasks]
+        if any(r is None for r in reps):
+            return stats.Interval(point, point, point)
+        return stats.interval(point, np.mean(reps, axis=0))
+
+    def score_difference(self, a: str, b: str, tasks: Sequence[str]) -> Optional[stats.Interval]:
+        """Paired bootstrap of score(a) − score(b) over ``tasks``."""
+        sa, sb = self.score(a, tasks), self.score(b, tasks)
+        if sa is None or sb is None:
+            return None
+        ra = [self._point_reps(a, t) for t in tasks]
+        rb = [self._point_reps(b, t) for t in tasks]
+        if any(r is None for r in ra + rb):
+            return None
+        return stats.interval(sa.mean - sb.mean, np.mean(ra, axis=0) - np.mean(rb, axis=0))
+
+    def difference(self, a: str, b: str, task: str) -> Optional[stats.Interval]:
+        ca, cb = self.cells.get((a, task)), self.cells.get((b, task))
+        return stats.difference(ca, cb) if ca and cb else None
 
 
-def collect(results: list[dict]) -> dict:
-    """{(model, task): {"metric", "values": [test per seed], "higher_is_better"}}"""
-    table: dict = {}
-    for r in results:
-        key = (r["model"], r["task"])
-        e = table.setdefault(key, {"metric": r["metric"], "values": [], "higher_is_better": r["higher_is_better"]})
-        e["values"].append(float(r["value"]))
-    return table
+def _score_info(records: Sequence[dict], model: str, task: str) -> Optional[tuple[float, float]]:
+    """(s_FBANK, s_ref) used to score ``model`` on ``task`` (from probe.score's own table)."""
+    from ..probe.score import superb_score
 
-
-def task_scores(table: dict, models: Sequence[str], tasks: Sequence[str], fbank: str = "FBANK") -> dict:
-    """{(model, task): p} with p = 1000 (s - s_FBANK) / (s_ref - s_FBANK), s_ref the perfect score."""
-    from ..probe.score import normalized_score
-
-    out = {}
-    for t in tasks:
-        fb = table.get((fbank, t))
-        if fb is None:
-            continue
-        for m in models:
-            e = table.get((m, t))
-            if e is None:
-                continue
-            out[(m, t)] = normalized_score(statistics.fmean(e["values"]), statistics.fmean(fb["values"]),
-                                           e["higher_is_better"])
-    return out
-
-
-def _best(values: dict, higher: bool) -> Optional[str]:
-    vals = {k: v for k, v in values.items() if v is not None and not math.isnan(v)}
-    if not vals:
+    try:
+        sc = superb_score(records, model=model)
+    except ValueError:
         return None
-    return (max if higher else min)(vals, key=vals.get)
+    t = sc["tasks"].get(task)
+    return (t["fbank"], t["reference"]) if t else None
 
 
-def render_table(table: dict, scores: dict, models: Sequence[str], tasks: Sequence[str]) -> str:
-    head = ["model"] + [f"{t} ({table.get((models[0], t), {}).get('metric', '?')}{'↑' if table.get((models[0], t), {}).get('higher_is_better', True) else '↓'})" for t in tasks] + ["score ↑"]
+def _pct(iv: Optional[stats.Interval]) -> str:
+    if iv is None:
+        return "–"
+    v = iv.scaled(100.0)
+    return f"{v.mean:.1f} [{v.lo:.1f}, {v.hi:.1f}]" if v.hi > v.lo else f"{v.mean:.1f}"
+
+
+def _pts(iv: Optional[stats.Interval]) -> str:
+    if iv is None:
+        return "–"
+    return f"{iv.mean:.0f} [{iv.lo:.0f}, {iv.hi:.0f}]" if iv.hi > iv.lo else f"{iv.mean:.0f}"
+
+
+def render_table(res: Results, models: Sequence[str], tasks: Sequence[str]) -> str:
+    """Markdown table: test metric in % with its 95 % interval per task, and the score over all tasks.
+    The best non-FBANK mean per column is bold."""
+    head = ["model"] + [f"{t} ({res.meta(t)[0]}{'↑' if res.meta(t)[1] else '↓'})" for t in tasks] + ["score ↑"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    means = {}
+    best = {}
     for t in tasks:
-        col = {m: statistics.fmean(table[(m, t)]["values"]) for m in models if (m, t) in table and m != "FBANK"}
-        hib = next((table[(m, t)]["higher_is_better"] for m in models if (m, t) in table), True)
-        means[t] = _best(col, hib)
-    score_mean = {m: statistics.fmean([scores[(m, t)] for t in tasks if (m, t) in scores])
-                  for m in models if any((m, t) in scores for t in tasks)}
-    best_score = _best({m: v for m, v in score_mean.items() if m != "FBANK"}, True)
+        col = {m: res.cell(m, t).mean for m in models if res.cell(m, t) is not None and m != "FBANK"}
+        if col:
+            best[t] = (max if res.meta(t)[1] else min)(col, key=col.get)
+    scores = {m: res.score(m, tasks) for m in models}
+    ranked = {m: v.mean for m, v in scores.items() if v is not None and m != "FBANK"}
+    best_score = max(ranked, key=ranked.get) if ranked else None
     for m in models:
         cells = [m]
         for t in tasks:
-            e = table.get((m, t))
-            if e is None:
-                cells.append("–")
-                continue
-            s = _fmt(e["metric"], e["values"])
-            cells.append(f"**{s}**" if means[t] == m else s)
-        sc = score_mean.get(m)
-        sc_s = "–" if sc is None else f"{sc:.0f}"
-        cells.append(f"**{sc_s}**" if m == best_score else sc_s)
+            c = _pct(res.cell(m, t))
+            cells.append(f"**{c}**" if best.get(t) == m else c)
+        sc = _pts(scores[m])
+        cells.append(f"**{sc}**" if m == best_score else sc)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def summarize(table: dict, scores: dict, models: Sequence[str], tasks: Sequence[str], ft_task: str,
-              names: dict) -> list[str]:
-    """Plain-language statements derived from the numbers (never assumed)."""
-    pre, reg, stab, sft = names["pre"], names["regular"], names["stable"], names["speechft"]
+def _verdict(iv: Optional[stats.Interval], better: str, worse: str) -> str:
+    if iv is None:
+        return "cannot be compared (no per-utterance results)"
+    if not iv.excludes_zero:
+        return "shows no significant difference from"
+    return better if iv.mean > 0 else worse
+
+
+def summarize(res: Results, tasks: Sequence[str], ft_task: str, names: dict) -> list[str]:
+    """Plain-language statements derived from the numbers: an ordering only when the 95 % interval
+    of the paired difference excludes 0, otherwise "no significant difference"."""
+    pre, reg, sft = names["pre"], names["regular"], names["speechft"]
+    tuned = [m for m in names.get("tuned", [reg, names["stable"], sft]) if any(k[0] == m for k in res.cells)]
     out = []
-
-    def mean(m, t):
-        e = table.get((m, t))
-        return statistics.fmean(e["values"]) if e else None
-
-    def better(a, b, t):
-        hib = table[(models[1], t)]["higher_is_better"]
-        return (a > b) if hib else (a < b)
-
-    ft_vals = {m: mean(m, ft_task) for m in (pre, reg, stab, sft)}
-    if None not in ft_vals.values():
-        metric = table[(pre, ft_task)]["metric"]
-        for m in (reg, stab, sft):
-            verdict = "improves on" if better(ft_vals[m], ft_vals[pre], ft_task) else "does not improve on"
-            out.append(f"On the fine-tuning task {ft_task}, {m} {verdict} the pre-trained model "
-                       f"({metric} {100 * ft_vals[m]:.2f} vs {100 * ft_vals[pre]:.2f}).")
+    metric, higher = res.meta(ft_task)
+    sign = 1.0 if higher else -1.0
+    for m in tuned:
+        d = res.difference(m, pre, ft_task)
+        if d is None or (m, ft_task) not in res.cells or (pre, ft_task) not in res.cells:
+            continue
+        v = d.scaled(100.0 * sign)
+        verdict = _verdict(v, "improves on", "is worse than")
+        out.append(f"On the fine-tuning task {ft_task}, {m} {verdict} the pre-trained model "
+                   f"({metric} {100 * res.cell(m, ft_task).mean:.1f} vs {100 * res.cell(pre, ft_task).mean:.1f}; "
+                   f"improvement {v.mean:+.1f} points, 95 % CI [{v.lo:+.1f}, {v.hi:+.1f}]).")
     others = [t for t in tasks if t != ft_task]
-
-    def cross(m):
-        vals = [scores[(m, t)] for t in others if (m, t) in scores]
-        return statistics.fmean(vals) if vals else None
-
-    cs = {m: cross(m) for m in (pre, reg, stab, sft)}
-    if None not in cs.values() and others:
-        out.append(f"Mean score on the other tasks ({', '.join(others)}): pre-trained {cs[pre]:.0f}, "
-                   f"{reg} {cs[reg]:.0f}, {stab} {cs[stab]:.0f}, {sft} {cs[sft]:.0f}.")
-        out.append(f"{sft} {'beats' if cs[sft] > cs[reg] else 'does not beat'} regular fine-tuning on the cross-task score"
-                   f" ({cs[sft]:.0f} vs {cs[reg]:.0f}), and {'stays above' if cs[sft] >= cs[pre] else 'falls below'} "
-                   f"the pre-trained model ({cs[pre]:.0f}).")
-        drops = [t for t in others if (reg, t) in scores and (pre, t) in scores and scores[(reg, t)] < scores[(pre, t)]]
+    if others:
+        cs = {m: res.score(m, others) for m in [pre] + tuned}
+        if all(v is not None for v in cs.values()):
+            out.append(f"Score on the other tasks ({', '.join(others)}): "
+                       + ", ".join(f"{m} {_pts(v)}" for m, v in cs.items()) + ".")
+            for a, b in [(m, pre) for m in tuned] + ([(sft, reg)] if sft in tuned and reg in tuned else []):
+                d = res.score_difference(a, b, others)
+                if d is not None:
+                    verdict = _verdict(d, "is above", "is below")
+                    out.append(f"On the other tasks, {a} {verdict} {b} (difference {d.mean:+.0f} points, "
+                               f"95 % CI [{d.lo:+.0f}, {d.hi:+.0f}]).")
+        drops = []
+        for t in others:
+            d = res.difference(reg, pre, t)
+            if d is not None and d.excludes_zero and (d.mean > 0) != higher_is(res, t):
+                drops.append(t)
         if drops:
-            out.append(f"Regular fine-tuning lowers the score of the pre-trained model on: {', '.join(drops)}.")
+            out.append(f"Regular fine-tuning significantly lowers the pre-trained model's result on: {', '.join(drops)}.")
     return out
+
+
+def higher_is(res: Results, task: str) -> bool:
+    return res.meta(task)[1]
 
 
 def timing_lines(stages: dict, run_info: Optional[dict] = None) -> list[str]:
@@ -149,29 +213,44 @@ def timing_lines(stages: dict, run_info: Optional[dict] = None) -> list[str]:
     return lines + [""]
 
 
-def write_report(out: Path, cfg, models: Sequence[str], tasks: Sequence[str], dropped: Sequence[str],
-                 timings: dict, run_info: Optional[dict] = None) -> Path:
+def write_report(layout, cfg, rows: Sequence, tasks: Sequence[str], dropped: Sequence[str], timings: dict,
+                 run_info: Optional[dict] = None, probe_keys: Optional[set] = None) -> Path:
+    """``layout.report`` from the run's records. ``rows``: the pipeline's typed rows (those with
+    ``in_table`` are the table); ``probe_keys``: provenance keys of the current jobs' records (only
+    those are shown)."""
     import torch
     import transformers
 
     from .. import __version__
 
-    results = read_jsonl(out / "probe" / "results.jsonl")
-    table = collect(results)
-    scores = task_scores(table, models, tasks)
-    speechft_name = next(m for m in models if m.startswith("Speech-FT"))
-    names = {"pre": "pre-trained", "regular": "regular FT", "stable": "Stable-FT", "speechft": speechft_name}
+    records = [r for r in read_jsonl(layout.results) if probe_keys is None or r.get("key") in probe_keys]
+    table_rows = [r for r in rows if r.in_table]
+    models = [r.name for r in table_rows]
+    res = Results(records, models, tasks)
+    role = {r.role: r.name for r in table_rows}
+    names = {"pre": role["pre-trained"], "regular": role["regular"], "stable": role["stable"],
+             "speechft": role["speech-ft"],
+             "tuned": [r.name for r in table_rows if r.role in ("regular", "stable", "speech-ft", "baseline", "early")]}
+    n_seeds = sorted({len(v) for v in res.cells.values()})
     lines = ["# speechft reproduce report", ""]
     lines += [f"Pre-trained model **{cfg.model}**, fine-tuned on **{cfg.ft_task}** for {cfg.ft_steps} steps; "
               f"Speech-FT merges with α = {cfg.alpha:g}; lite data size **{cfg.size}**; {cfg.seeds} probe seed(s).", ""]
+    sizes = {t: next((r["num_utterances"]["test"] for r in res.records if r["task"] == t), None) for t in tasks}
     lines += ["## Results", "",
-              "Test metrics in % (error rates ↓, accuracies ↑); score = mean over tasks of "
-              "1000·(s − s_FBANK)/(s_perfect − s_FBANK) with FBANK probed by the same harness. "
-              "Best non-FBANK value per column in bold.", "",
-              render_table(table, scores, models, tasks), ""]
+              "Test metrics in % (error rates ↓, accuracies ↑), mean over probe seeds with its 95 % bootstrap "
+              "interval [low, high] (test utterances resampled, and probe seeds resampled when there are several); "
+              "score = mean over tasks of 1000·(s − s_FBANK)/(s_ref − s_FBANK) (the reference points of "
+              "`speechft.probe.score`: the published ones for real SUPERB tasks, a perfect score for the others), "
+              "FBANK probed by the same harness. Best non-FBANK mean per column in bold.", "",
+              render_table(res, models, tasks), "",
+              f"Seeds per cell: {', '.join(map(str, n_seeds)) or '–'}; test utterances per task: "
+              + ", ".join(f"{t} {n}" for t, n in sizes.items() if n) + ".", ""]
     if dropped:
         lines += [f"Skipped (no FSDD copy found): {', '.join(dropped)}.", ""]
-    lines += ["## What the numbers show", ""] + [f"- {s}" for s in summarize(table, scores, models, tasks, cfg.ft_task, names)] + [""]
+    lines += ["## What the numbers show", "",
+              "An ordering is stated only when the 95 % interval of the paired difference (same test utterances) "
+              "excludes 0.", ""]
+    lines += [f"- {s}" for s in summarize(res, tasks, cfg.ft_task, names)] + [""]
     figs = [("sweep/sweep.png", "α sweep: metric vs α per task"),
             ("analysis/similarity.png", "Per-layer similarity to the pre-trained model"),
             ("analysis/llfc.png", "LLFC: R² of interpolated features per layer"),
@@ -179,12 +258,11 @@ def write_report(out: Path, cfg, models: Sequence[str], tasks: Sequence[str], dr
             ("probe/layer_weights.png", "Learned layer weights of the probes")]
     lines += ["## Plots", ""]
     for rel, title in figs:
-        if (out / rel).exists():
+        if (layout.out / rel).exists():
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
     lines += timing_lines(timings, run_info)
     lines += ["## Environment", "", f"speechft {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
               f"Python {platform.python_version()}, {platform.machine()} with {__import__('os').cpu_count()} CPU cores.", ""]
     lines += ["## Config", "", "```yaml", cfg.to_yaml().rstrip(), "```", ""]
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path
+    atomic_write_text(layout.report, "\n".join(lines))
+    return layout.report

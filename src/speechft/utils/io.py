@@ -101,9 +101,35 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return out
 
 
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Cut a step-keyed JSONL log (training metrics) back to ``step``: records of later steps (written
+    after the checkpoint a run resumes from, which it will write again) and a torn last line are dropped;
+    records without a ``step`` count as step 0. A missing file is left alone."""
+    if not Path(path).exists():
+        return
+    rewrite_jsonl(path, [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step])
+
+
 def rewrite_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
-    """Replace a JSONL file by ``records`` atomically (never while another process appends to it)."""
+    """Replace a JSONL file by ``records`` atomically. Processes that may append to it meanwhile must
+    hold :func:`jsonl_lock` around both (an append to the replaced file would be lost)."""
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+@contextlib.contextmanager
+def jsonl_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock (``flock`` on ``.<name>.lock`` beside the file) shared by every process
+    that reads-then-rewrites or appends to one JSONL file."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,13 @@
 """Run a graph of resumable jobs on a few worker processes (used by `speechft reproduce`).
 
 A :class:`Job` names a top-level function, its keyword arguments, the jobs it waits for and the
-files that prove it done. :func:`run_jobs` skips every job already recorded as done (with its outputs
-present), then runs the rest:
+files that prove it done. Each job has a provenance key (:func:`job_key`): its function, keyword
+arguments, extra ``inputs`` (e.g. the weight fingerprint of a model it reads) and the *results* of
+the jobs it consumes (what a job function returns, e.g. the content digest of the model it wrote).
+:func:`run_jobs` skips every job recorded as done with an equal key (and its outputs present); a job
+whose key changed runs again, after the folders it ``owns`` are cleared (so a fine-tuning never
+resumes from a checkpoint made with other settings), and so, through its new result, does
+everything downstream of it. The rest runs:
 
 * ``workers == 1``: one after the other in this process, dependencies first;
 * ``workers > 1``: on a pool of spawned processes, each limited to ``threads`` torch threads, the
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from typing import Callable, Optional, Sequence
 
 from .io import append_jsonl, read_jsonl
 from .names import by_name as index_by_name
+from .provenance import changes, key_of
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +46,56 @@ class Job:
     deps: tuple = ()
     outputs: tuple = ()  # paths that must exist for a recorded "done" to count
     cost: float = 1.0  # rough seconds, only to order ready jobs
+    inputs: dict = field(default_factory=dict)  # more provenance (JSON-able), e.g. {"model": <fingerprint>}
+    owns: tuple = ()  # folders only this job writes: removed before it runs with a new key
+    always: bool = False  # cheap jobs (data preparation, itself cached) that run every time: their result feeds keys
+
+
+def job_key(job: Job, results: dict) -> str:
+    """Provenance key of ``job``: its function, kwargs, inputs and the results of its dependencies
+    (``results``: dep name -> what that job returned, or its key when it returned nothing)."""
+    return key_of(job_provenance(job, results))
+
+
+def job_provenance(job: Job, results: dict) -> dict:
+    return {"fn": f"{job.fn.__module__}.{job.fn.__qualname__}", "kwargs": job.kwargs, "inputs": job.inputs,
+            "deps": {d: results[d] for d in job.deps}}
 
 
 class Stages:
-    """Bookkeeping in ``stages.jsonl``: one record per finished job (wall seconds, start, end, worker)."""
+    """Bookkeeping in ``stages.jsonl``: a record when a job starts (its key) and one when it is done
+    (key, result, wall seconds, start, end, worker)."""
 
     def __init__(self, out: Path):
         self.path = Path(out) / "stages.jsonl"
-        self.done = {r["stage"]: r for r in read_jsonl(self.path) if r.get("status") == "done"}
+        recs = read_jsonl(self.path)
+        self.done = {r["stage"]: r for r in recs if r.get("status") == "done"}
+        self.started = {r["stage"]: r for r in recs if r.get("status") == "started"}
 
-    def is_done(self, job: Job) -> bool:
-        return job.name in self.done and all(Path(p).exists() for p in job.outputs)
+    def is_done(self, job: Job, key: Optional[str] = None) -> bool:
+        rec = self.done.get(job.name)
+        return rec is not None and (key is None or rec.get("key") == key) and all(Path(p).exists() for p in job.outputs)
 
-    def record(self, name: str, started: float, finished: float, worker: Optional[int] = None) -> None:
+    def last_key(self, name: str) -> Optional[str]:
+        """The key the job last started or finished with (None: never run, or run before keys)."""
+        recs = [r for r in (self.done.get(name), self.started.get(name)) if r]
+        return max(recs, key=lambda r: r.get("started", 0.0)).get("key") if recs else None
+
+    def start(self, name: str, key: Optional[str], provenance: Optional[dict] = None) -> None:
+        rec = {"stage": name, "status": "started", "key": key, "started": time.time()}
+        if provenance is not None:
+            rec["provenance"] = provenance
+        append_jsonl(self.path, rec)
+        self.started[name] = rec
+
+    def record(self, name: str, started: float, finished: float, worker: Optional[int] = None,
+               key: Optional[str] = None, result=None, provenance: Optional[dict] = None) -> None:
         rec = {"stage": name, "status": "done", "seconds": round(finished - started, 1), "started": started,
-               "finished": finished}
+               "finished": finished, "key": key, "result": result}
         if worker is not None:
             rec["worker"] = worker
+        if provenance is not None:
+            rec["provenance"] = provenance
         append_jsonl(self.path, rec)
         self.done[name] = rec
 
@@ -172,57 +212,108 @@ def _init_worker(threads: int, level: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _call(fn: Callable, kwargs: dict) -> tuple[float, float, int]:
+def _call(fn: Callable, kwargs: dict) -> tuple[float, float, int, object]:
     t0 = time.time()
-    fn(**kwargs)
-    return t0, time.time(), os.getpid()
+    result = fn(**kwargs)
+    return t0, time.time(), os.getpid(), result
+
+
+def _clear_owned(job: Job, stages: Stages, key: str, provenance: dict) -> None:
+    """Before a job runs with a key other than the one it last ran with (or with no record of
+    running), remove what it owns, so it starts from nothing instead of resuming stale state."""
+    last = stages.last_key(job.name)
+    if last == key:
+        return
+    for p in job.owns:
+        p = Path(p)
+        if p.exists():
+            old = (stages.started.get(job.name) or stages.done.get(job.name) or {}).get("provenance")
+            why = "; ".join(changes(old, provenance)) if old else "no record of its inputs"
+            log.info("%s: inputs changed (%s): removing %s and starting again", job.name, why, p)
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Optional[int] = None,
-             progress: bool = True) -> None:
-    """Run every job not yet done; a failing job stops the graph (jobs already running finish and
-    are recorded, so a rerun resumes after them) and its error is raised here."""
-    by_name = _check_graph(jobs)
-    pending = {n: j for n, j in by_name.items() if not stages.is_done(j)}
-    for n in by_name:
-        if n not in pending:
-            log.info("%s: done already (%.0f s), skipping", n, stages.done[n]["seconds"])
-    if not pending:
-        return
-    prio = _priorities(by_name, workers)
-    finished = {n for n in by_name if n not in pending}
+             progress: bool = True) -> dict[str, object]:
+    """Run every job not done with its current key; returns ``{job name: result}``.
 
-    def ready() -> list[str]:
-        return sorted((n for n, j in pending.items() if all(d in finished for d in j.deps)), key=lambda n: -prio[n])
+    A job's key is computed once its dependencies have finished (it includes their results). A job
+    recorded as done with that key is skipped; otherwise it runs. A failing job stops the graph
+    (jobs already running finish and are recorded, so a rerun resumes after them) and its error is
+    raised here."""
+    by_name = _check_graph(jobs)
+    prio = _priorities(by_name, workers)
+    results: dict[str, object] = {}
+    keys: dict[str, str] = {}
+    waiting = dict(by_name)  # not yet finished or skipped
+    running: dict = {}  # handle -> name
+
+    def take_ready() -> list[str]:
+        """Skip the ready jobs already done with their key and run the cheap ``always`` jobs here;
+        return the others, most urgent first."""
+        while True:
+            ready = [n for n, j in waiting.items() if n not in running.values() and all(d in results for d in j.deps)]
+            settled = False
+            for n in ready:
+                job = by_name[n]
+                keys[n] = job_key(job, results)
+                if job.always:
+                    launch(n)
+                    t0, t1, _, result = _call(job.fn, job.kwargs)
+                    finish(n, t0, t1, None, result)
+                    settled = True
+                elif stages.is_done(job, keys[n]):
+                    rec = stages.done[n]
+                    log.info("%s: done already with the same inputs (%.0f s), skipping", n, rec["seconds"])
+                    results[n] = rec.get("result") if rec.get("result") is not None else keys[n]
+                    del waiting[n]
+                    settled = True
+            if not settled:
+                return sorted(ready, key=lambda n: -prio[n])
+
+    def launch(name: str) -> Job:
+        job = by_name[name]
+        prov = job_provenance(job, results)
+        _clear_owned(job, stages, keys[name], prov)
+        stages.start(name, keys[name], prov)
+        log.info("stage %s: starting", name)
+        return job
+
+    def finish(name: str, t0: float, t1: float, pid: Optional[int], result) -> None:
+        stages.record(name, t0, t1, worker=pid, key=keys[name], result=result,
+                      provenance=job_provenance(by_name[name], results))
+        results[name] = result if result is not None else keys[name]
+        del waiting[name]
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(pending), desc="reproduce", unit="job", disable=not progress or workers == 1)
+    bar = tqdm(total=len(waiting), desc="reproduce", unit="job", disable=not progress or workers == 1)
     try:
         if workers <= 1:
-            while pending:
-                name = ready()[0]
-                job = pending.pop(name)
-                log.info("stage %s: starting", name)
-                t0, t1, _ = _call(job.fn, job.kwargs)
-                stages.record(name, t0, t1)
-                finished.add(name)
-            return
+            while waiting:
+                ready = take_ready()
+                if not ready:
+                    break
+                name = ready[0]
+                job = launch(name)
+                t0, t1, _, result = _call(job.fn, job.kwargs)
+                finish(name, t0, t1, None, result)
+            return results
         import multiprocessing
 
         threads = threads or 1
         level = logging.getLogger().getEffectiveLevel()
-        running: dict[Future, str] = {}
         error: Optional[BaseException] = None
+        if not take_ready():  # everything done already (or run here): no worker processes to start
+            return results
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(threads, level)) as pool:
-            while (pending or running) and not (error and not running):
+            while waiting:
                 if error is None:
-                    for name in ready():
+                    for name in take_ready():
                         if len(running) >= workers:
                             break
-                        job = pending.pop(name)
-                        log.info("stage %s: starting", name)
+                        job = launch(name)
                         running[pool.submit(_call, job.fn, job.kwargs)] = name
                 if not running:
                     break
@@ -230,17 +321,17 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                 for fut in done:
                     name = running.pop(fut)
                     try:
-                        t0, t1, pid = fut.result()
+                        t0, t1, pid, result = fut.result()
                     except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others finish
                         log.error("stage %s failed: %s", name, exc)
                         error = error or exc
                         continue
-                    stages.record(name, t0, t1, worker=pid)
-                    finished.add(name)
+                    finish(name, t0, t1, pid, result)
                     log.info("stage %s: done in %.0f s", name, t1 - t0)
                     bar.update(1)
                     bar.set_postfix_str(", ".join(sorted(running.values()))[:60])
         if error is not None:
             raise error
+        return results
     finally:
         bar.close()
