@@ -73,13 +73,13 @@ def pad_fraction(lens: list[int], width: int) -> tuple[int, int]:
 
 # -- the data and model every run shares ------------------------------------------------------------
 def setup(args, work: Path):
-    from speechft.corpora.registry import default_out_dir, get_recipe
+    from speechft.corpora.registry import default_out_dir, get_corpus
     from speechft.models.encoder import HFEncoder
     from speechft.models.io import build_model_from_config, save_encoder, tiny_config
     from speechft.tasks import get_task, user_task
 
     lite = default_out_dir("lite", args.size)
-    get_recipe("lite").prepare(None, lite, size=args.size, tasks=["lite-asr"])
+    get_corpus("lite").prepare(None, lite, size=args.size, tasks=["lite-asr"])
     m = get_task("lite-asr").resolve_manifests(size=args.size)
     # lite-asr's manifests, with the linear CTC head that HubertForCTC also has
     task = user_task("asr-linear", (m["train"], m["dev"], m["test"]), "ctc", "text", metric="cer")

@@ -62,10 +62,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite_quick() -> Path:
     """Quick-size lite data in the session's data home (synthesised once)."""
-    from speechft.corpora.registry import default_out_dir, get_recipe
+    from speechft.corpora.registry import default_out_dir, get_corpus
 
     out = default_out_dir("lite", "quick")
-    get_recipe("lite").prepare(None, out, size="quick")
+    get_corpus("lite").prepare(None, out, size="quick")
     return out
 
 

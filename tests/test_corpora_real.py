@@ -12,7 +12,7 @@ import soundfile as sf
 import fake_corpora as fake
 from speechft.corpora import fluent, iemocap, librispeech, speechcommands, tedlium3, voxceleb1
 from speechft.corpora.common import SPLITS, CorpusError, LayoutError
-from speechft.corpora.registry import get_recipe
+from speechft.corpora.registry import get_corpus
 from speechft.data.manifest import read_manifest
 
 
@@ -32,7 +32,7 @@ def _check_durations(rows):
 def test_librispeech_asr_and_pr(tmp_path, caplog):
     tree = fake.make_librispeech(tmp_path / "src")
     with caplog.at_level(logging.WARNING, logger="speechft.corpora.librispeech"):
-        out = get_recipe("librispeech").prepare(tree["root"], tmp_path / "out", lexicon=tree["lexicon"])
+        out = get_corpus("librispeech").prepare(tree["root"], tmp_path / "out", lexicon=tree["lexicon"])
     assert set(out) == {"asr", "pr"}
     asr, pr = _read(out["asr"]), _read(out["pr"])
     subset_of = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
@@ -146,7 +146,7 @@ def test_speechcommands_layout_errors(tmp_path):
 # -- VoxCeleb1 ----------------------------------------------------------------------------------------
 def test_voxceleb1_iden_split(tmp_path):
     tree = fake.make_voxceleb1(tmp_path / "src")
-    out = get_recipe("voxceleb1").prepare(tree["root"], tmp_path / "out")
+    out = get_corpus("voxceleb1").prepare(tree["root"], tmp_path / "out")
     m = _read(out["sid"])
     for split in SPLITS:
         assert {r.id: r.speaker for r in m[split]} == tree["splits"][split]
@@ -174,7 +174,7 @@ def test_voxceleb1_errors(tmp_path):
 # -- IEMOCAP --------------------------------------------------------------------------------------------
 def test_iemocap_folds(tmp_path):
     tree = fake.make_iemocap(tmp_path / "src")
-    out = get_recipe("iemocap").prepare(tree["root"], tmp_path / "out")
+    out = get_corpus("iemocap").prepare(tree["root"], tmp_path / "out")
     assert set(out) == {f"fold{k}" for k in range(1, 6)}
     kept = {k: {u: lab for u, lab in utts.items() if lab is not None} for k, utts in tree["sessions"].items()}
     for k in range(1, 6):
@@ -213,7 +213,7 @@ def test_iemocap_single_fold_and_errors(tmp_path):
 # -- Fluent Speech Commands -------------------------------------------------------------------------------
 def test_fluent_official_splits(tmp_path):
     tree = fake.make_fluent(tmp_path / "src")
-    out = get_recipe("fluent").prepare(tree["root"], tmp_path / "out")
+    out = get_corpus("fluent").prepare(tree["root"], tmp_path / "out")
     m = _read(out["ic"])
     for split in SPLITS:
         assert {r.id: (r.label, r.text, r.speaker) for r in m[split]} == tree["splits"][split]
@@ -246,7 +246,7 @@ def test_tedlium_normalization():
 
 def test_tedlium3_segments(tmp_path):
     tree = fake.make_tedlium3(tmp_path / "src")
-    out = get_recipe("tedlium3").prepare(tmp_path / "src", tmp_path / "out")
+    out = get_corpus("tedlium3").prepare(tmp_path / "src", tmp_path / "out")
     m = _read(out["asr"])
     for split in SPLITS:
         expected = {(talk, round(s, 2), round(e, 2), text)

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..utils.io import atomic_write_text, check_not_input, read_jsonl
+from ..utils.io import check_not_input, read_jsonl, rewrite_jsonl
 from .similarity import R2, LinearCKA, MeanCosine
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,7 @@ def analyze(
         if sd0 is not None and isinstance(encs[i], HFEncoder) and encs[i].model.state_dict().keys() == sd0.keys():
             for r in weight_distances(sd0, encs[i].model.state_dict()):
                 records.append({"kind": "weight_distance", "reference": names[0], "model": names[i], **r})
-    import json
-
-    atomic_write_text(out_dir / "analysis.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    rewrite_jsonl(out_dir / "analysis.jsonl", records)
     plot_analysis(out_dir / "analysis.jsonl", out_dir)
     return records
 

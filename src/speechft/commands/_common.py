@@ -6,10 +6,13 @@ import logging
 
 import typer
 
+from ..utils.names import UnknownNameError
+
 log = logging.getLogger("speechft")
 
-# Errors that are the user's input, not a bug: print one clear line and exit 2.
-USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, KeyError, ValueError, OSError)
+# Errors that are the user's input, not a bug: print one clear line and exit 2. Unknown names (tasks,
+# corpora, recipes, ...) raise UnknownNameError; any other KeyError is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, UnknownNameError, ValueError, OSError)
 
 
 @contextlib.contextmanager
@@ -17,8 +20,7 @@ def user_errors():
     try:
         yield
     except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        typer.echo(f"error: {msg}", err=True)
+        typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
 
 

@@ -56,25 +56,25 @@ def command(
     """Prepare a corpus: write OUT/<subset>/{train,dev,test}.jsonl manifests (synthesising the built-in
     lite and pretrain-lite audio with espeak-ng; real corpora are referenced in place) and print each
     manifest with its row count. Prepared data is cached: running it again with the same options is instant."""
-    from ..corpora.registry import default_out_dir, get_recipe
+    from ..corpora.registry import default_out_dir, get_corpus
     from ..paths import default_fsdd_root
 
     with user_errors():
         if quick and size not in (None, "quick"):
             raise ValueError(f"--quick and --size {size} disagree; give one of them")
         size = "quick" if quick else size
-        recipe = get_recipe(corpus)
+        spec = get_corpus(corpus)
         options = corpus_options(corpus, {"size": size, "seed": seed, "jobs": jobs, "tasks": split_csv(tasks) or None,
                                           "hours": hours, "lexicon": str(lexicon) if lexicon else None, "fold": fold,
                                           "test_root": str(test_root) if test_root else None})
         if root is None and corpus == "fsdd":
             root = default_fsdd_root()
-        if root is None and recipe.needs_root:
+        if root is None and spec.needs_root:
             raise ValueError(f"corpus {corpus!r} needs --root PATH: the folder of the downloaded corpus")
-        if root is not None and not recipe.needs_root:
+        if root is not None and not spec.needs_root:
             raise ValueError(f"corpus {corpus!r} is synthesised and takes no --root")
         out_dir = out if out is not None else default_out_dir(corpus, size or "default")
-        manifests = recipe.prepare(str(root) if root is not None else None, out_dir, **options)
+        manifests = spec.prepare(str(root) if root is not None else None, out_dir, **options)
     for subset, splits in manifests.items():
         for split, path in splits.items():
             with open(path, encoding="utf-8") as f:

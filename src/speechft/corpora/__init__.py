@@ -3,6 +3,6 @@
 Registry of recipes lives in :mod:`speechft.corpora.registry`; :func:`task_manifests` finds (or
 prepares on demand) the manifests of a built-in task.
 """
-from .registry import RECIPES, get_recipe, task_manifests
+from .registry import CORPORA, CorpusRecipe, get_corpus, task_manifests
 
-__all__ = ["RECIPES", "get_recipe", "task_manifests"]
+__all__ = ["CORPORA", "CorpusRecipe", "get_corpus", "task_manifests"]

@@ -38,7 +38,7 @@ from typing import Iterable, Optional
 from ..data.audio import TARGET_SR
 from ..data.manifest import Utterance, write_manifest
 from ..utils.io import atomic_dir, atomic_write_json
-from ..utils.names import unknown_name
+from ..utils.names import UnknownNameError, unknown_name
 from . import espeak, text
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def plan(task: str, size: Size, seed: int) -> list[_Item]:
         return _plan_sid(size, seed)
     if task == "lite-style":
         return _plan_style(size, seed, voices)
-    raise KeyError(unknown_name("lite task", task, TASKS))
+    raise UnknownNameError(unknown_name("lite task", task, TASKS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,13 +287,13 @@ def prepare(out_dir: str | Path, size: str = "default", seed: int = 0, tasks: Op
     ``tasks``: a subset of :data:`TASKS` (all by default). ``jobs``: parallel espeak-ng processes.
     """
     if size not in SIZES:
-        raise ValueError(unknown_name("lite size", size, SIZES))
+        raise UnknownNameError(unknown_name("lite size", size, SIZES))
     if isinstance(tasks, str):
         tasks = [tasks]
     tasks = list(TASKS if tasks is None else tasks)
     for t in tasks:
         if t not in TASKS:
-            raise KeyError(unknown_name("lite task", t, TASKS))
+            raise UnknownNameError(unknown_name("lite task", t, TASKS))
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out_dir = Path(out_dir)

@@ -28,7 +28,7 @@ from typing import Iterable, Optional
 from ..data.audio import TARGET_SR
 from ..data.manifest import Utterance, write_manifest
 from ..utils.io import atomic_dir, atomic_write_json
-from ..utils.names import unknown_name
+from ..utils.names import UnknownNameError, unknown_name
 from . import espeak, lite, text
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _resolve_languages(languages: Optional[Iterable[str]]) -> list[str]:
     out = list(dict.fromkeys(languages))
     for code in out:
         if code not in known:
-            raise KeyError(unknown_name("pretrain language", code, known))
+            raise UnknownNameError(unknown_name("pretrain language", code, known))
     if not out:
         raise ValueError("pretrain-lite needs at least one language")
     return out

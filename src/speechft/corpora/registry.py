@@ -19,7 +19,7 @@ SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
-class Recipe:
+class CorpusRecipe:
     name: str
     prepare: Callable[..., dict]
     needs_root: bool
@@ -81,25 +81,25 @@ def _tedlium3(root, out_dir, **kw):
     return tedlium3.prepare(root, out_dir, **kw)
 
 
-def _build(recipes: list[Recipe]) -> dict[str, Recipe]:
+def _build(recipes: list[CorpusRecipe]) -> dict[str, CorpusRecipe]:
     return by_name(recipes, "corpus recipe")
 
 
-RECIPES: dict[str, Recipe] = _build([
-    Recipe("lite", _lite, False, "built-in synthetic benchmark (espeak-ng): lite-pr/asr/ks/sid/lid/ic/style"),
-    Recipe("pretrain-lite", _pretrain_lite, False, "unlabelled multi-language, multi-voice speech for pre-training"),
-    Recipe("fsdd", _fsdd, True, "Free Spoken Digit Dataset: fsdd-ks (digit) and fsdd-sid (speaker), test = takes 0-4"),
-    Recipe("librispeech", _librispeech, True, "LibriSpeech PR (needs --lexicon) and ASR"),
-    Recipe("speechcommands", _speechcommands, True, "Speech Commands v0.01, SUPERB KS (10 words + silence + unknown)"),
-    Recipe("voxceleb1", _voxceleb1, True, "VoxCeleb1 SID with the official iden_split.txt"),
-    Recipe("iemocap", _iemocap, True, "IEMOCAP 4-class ER, sessions as folds"),
-    Recipe("fluent", _fluent, True, "Fluent Speech Commands IC"),
-    Recipe("tedlium3", _tedlium3, True, "TED-LIUM 3 ASR (SUPERB/Speech-FT normalisation)"),
+CORPORA: dict[str, CorpusRecipe] = _build([
+    CorpusRecipe("lite", _lite, False, "built-in synthetic benchmark (espeak-ng): lite-pr/asr/ks/sid/lid/ic/style"),
+    CorpusRecipe("pretrain-lite", _pretrain_lite, False, "unlabelled multi-language, multi-voice speech for pre-training"),
+    CorpusRecipe("fsdd", _fsdd, True, "Free Spoken Digit Dataset: fsdd-ks (digit) and fsdd-sid (speaker), test = takes 0-4"),
+    CorpusRecipe("librispeech", _librispeech, True, "LibriSpeech PR (needs --lexicon) and ASR"),
+    CorpusRecipe("speechcommands", _speechcommands, True, "Speech Commands v0.01, SUPERB KS (10 words + silence + unknown)"),
+    CorpusRecipe("voxceleb1", _voxceleb1, True, "VoxCeleb1 SID with the official iden_split.txt"),
+    CorpusRecipe("iemocap", _iemocap, True, "IEMOCAP 4-class ER, sessions as folds"),
+    CorpusRecipe("fluent", _fluent, True, "Fluent Speech Commands IC"),
+    CorpusRecipe("tedlium3", _tedlium3, True, "TED-LIUM 3 ASR (SUPERB/Speech-FT normalisation)"),
 ])
 
 
-def get_recipe(name: str) -> Recipe:
-    return lookup(RECIPES, name, "corpus", "known corpora")
+def get_corpus(name: str) -> CorpusRecipe:
+    return lookup(CORPORA, name, "corpus", "known corpora")
 
 
 def default_out_dir(corpus: str, size: str = "default") -> Path:

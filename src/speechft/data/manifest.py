@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..utils.io import atomic_write_text
+from ..utils.names import UnknownNameError
 
 TARGET_FIELDS = ("text", "phones", "label", "speaker", "language")
 SLOT_SEP = "|"  # joins the slot values of a slots label: "action|object|location"
@@ -43,7 +44,7 @@ class Utterance:
 
     def target(self, field: str) -> Optional[str]:
         if field not in TARGET_FIELDS:
-            raise KeyError(f"unknown target field {field!r}; expected one of {', '.join(TARGET_FIELDS)}")
+            raise UnknownNameError(f"unknown target field {field!r}; expected one of {', '.join(TARGET_FIELDS)}")
         return getattr(self, field)
 
     def to_json(self, relative_to: Path | None = None) -> dict:

@@ -12,7 +12,6 @@ looks valid. Only the newest ``keep`` are kept.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import shutil
@@ -22,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..utils.io import atomic_dir, atomic_write_text, read_jsonl
+from ..utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +102,3 @@ def load_checkpoint(path: Path) -> tuple[dict, list]:
             raise ValueError(f"{Path(path) / name}: unreadable checkpoint ({e}); delete {path} to resume "
                              "from the one before it") from None
     return out[0], out[1]
-
-
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Drop metric records written after ``step`` (the run died past its last checkpoint)."""
-    if not Path(path).exists():
-        return
-    keep = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from ..models.encoder import HFEncoder
 from ..models.heads import build_head
 from ..models.io import load_encoder, save_encoder
-from ..utils.io import append_jsonl, atomic_dir
-from .checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint, truncate_jsonl
+from ..utils.io import append_jsonl, atomic_dir, truncate_jsonl
+from .checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 from .data import BatchStream, evaluate, to_device
 from .model import SpeechFTModel, head_meta, save_head
 from .recipes import L2SP, get_recipe, plain_encoder, prepare_encoder

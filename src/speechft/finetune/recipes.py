@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from ..utils.names import lookup
+from ..utils.names import by_name, lookup
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,7 @@ _RECIPES = [
 ]
 
 
-def _registry(recipes) -> dict[str, Recipe]:
-    reg: dict[str, Recipe] = {}
-    for r in recipes:
-        if r.name in reg:
-            raise ValueError(f"duplicate recipe name {r.name!r}")
-        reg[r.name] = r
-    return reg
-
-
-RECIPES: dict[str, Recipe] = _registry(_RECIPES)
+RECIPES: dict[str, Recipe] = by_name(_RECIPES, "recipe name")
 
 
 def get_recipe(name: str) -> Recipe:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.io import atomic_write_bytes, atomic_write_text, read_jsonl
+from ..utils.io import atomic_write_bytes, read_jsonl
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -89,16 +89,6 @@ def load_head(head, path: Path) -> bool:
         return False
     head.load_state_dict(tensors)
     return True
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records past ``step`` (written after the checkpoint we resume from)."""
-    if not path.exists():
-        return
-    import json
-
-    keep = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def plot_curve(metrics_path: Path, out_png: Path, title: str = "pre-training") -> None:

@@ -26,14 +26,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_not_input, check_writable
+from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_not_input, check_writable, truncate_jsonl
 from ..utils.jobs import intra_op_threads
 from .config import QUICK, PretrainConfig, load_config, save_config
 from .data import AudioStore, epoch_batches, generate_quick_audio, make_batch
 from .kmeans import Codebook, FeatureSource, compute_targets, fit_codebook
 from .model import PretrainHead, masked_prediction_loss, prepare_encoder
 from .state import CHECKPOINT, HEAD_FILE, load_checkpoint, load_head, plot_curve, save_checkpoint, save_head
-from .state import truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +197,7 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
         st = load_checkpoint(out / CHECKPOINT, model=model, head=head, optimizer=opt, scheduler=sched, rngs=rngs)
         step, epoch, bi = st["step"], st["epoch"], st["batch"]
         win = {**win, **st["extra"].get("window", {})}  # a log window cut by the interruption continues
-        truncate_metrics(metrics, step)
+        truncate_jsonl(metrics, step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", out / CHECKPOINT, step, epoch, bi)
     elif metrics.exists():
         metrics.unlink()

@@ -23,6 +23,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
 
+from ..utils.names import UnknownNameError
+
 
 @dataclass(frozen=True)
 class ReferencePoint:
@@ -165,7 +167,7 @@ def superb_score(values: Values, fbank: Optional[Values] = None, model: Optional
         for t in vals:
             if t not in meta:
                 if t not in TASKS:
-                    raise KeyError(f"task {t!r} is not registered: pass metrics={{{t!r}: (metric, higher_is_better)}}")
+                    raise UnknownNameError(f"task {t!r} is not registered: pass metrics={{{t!r}: (metric, higher_is_better)}}")
                 meta[t] = (TASKS[t].metric, TASKS[t].higher_is_better)
         fb_src = fbank
     else:

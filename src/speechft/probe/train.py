@@ -33,6 +33,7 @@ import torch
 from ..data.sampler import pack_batches
 from ..metrics import accuracy, accuracy_items, error_items, error_rate
 from ..utils.jobs import intra_op_threads
+from ..utils.names import UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ QUICK_DIVISOR = 4
 def default_config(task, quick: bool = False, epochs: Optional[int] = None, **overrides) -> ProbeConfig:
     base = HEAD_DEFAULTS.get(task.head)
     if base is None:
-        raise KeyError(f"task {task.name}: no training defaults for head {task.head!r}; known: {', '.join(HEAD_DEFAULTS)}")
+        raise UnknownNameError(f"task {task.name}: no training defaults for head {task.head!r}; known: {', '.join(HEAD_DEFAULTS)}")
     kw = base.to_dict()
     if quick:
         kw["epochs"] = max(3, base.epochs // QUICK_DIVISOR)

@@ -8,6 +8,15 @@ from typing import Iterable, Mapping, TypeVar
 V = TypeVar("V")
 
 
+class UnknownNameError(KeyError, ValueError):
+    """A name the user gave (task, corpus, recipe, method, field, ...) is not known; the message says
+    which are. A KeyError for ``registry[name]`` callers, a ValueError as the bad value it is; the CLI
+    prints it as one line, where any other KeyError is a bug and shows its traceback."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str], n: int = 3, known_label: str = "known") -> str:
     """``unknown <kind> 'name'; did you mean a, b?`` -- or the full list when nothing is close."""
     known = [str(k) for k in known]
@@ -28,10 +37,10 @@ def by_name(items: Iterable[V], kind: str) -> dict[str, V]:
 
 
 def lookup(registry: Mapping[str, V], name: str, kind: str, known_label: str = "known") -> V:
-    """``registry[name]``, or a KeyError whose message names the closest entries."""
+    """``registry[name]``, or an :class:`UnknownNameError` whose message names the closest entries."""
     if name in registry:
         return registry[name]
-    raise KeyError(unknown_name(kind, name, registry, known_label=known_label))
+    raise UnknownNameError(unknown_name(kind, name, registry, known_label=known_label))
 
 
 def check_known_keys(keys: Iterable[str], known: Iterable[str], where: str, what: str = "config key") -> None:
