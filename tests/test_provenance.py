@@ -198,3 +198,25 @@ def test_significance_aware_summary():
     assert "On the other tasks, reg is below pre" in text
     assert "On the other tasks, sft is above reg" in text
     assert "significantly lowers the pre-trained model's result on: o1, o2" in text
+
+
+def test_sweep_reprobes_an_alpha_whose_task_data_changed(tmp_path, tones):
+    from speechft.merge.sweep import run_sweep
+
+    m0, m1 = tmp_path / "m0", tmp_path / "m1"
+    save_encoder(make_tiny_encoder(seed=0), m0)
+    save_encoder(make_tiny_encoder(seed=1), m1)
+    kw = dict(epochs=2, cache_dir=str(tmp_path / "cache"), plot=False)
+    first = run_sweep(str(m0), [str(m1)], [0.0, 1.0], [tones], tmp_path / "sw", **kw).records
+    rows = read_manifest(tones.manifests[2])
+    write_manifest(tones.manifests[2], [dataclasses.replace(r, label={"low": "high", "high": "low"}[r.label])
+                                        for r in rows])
+    again = run_sweep(str(m0), [str(m1)], [0.0, 1.0], [tones], tmp_path / "sw", **kw).records
+    assert len(again) == 2 and {r["data_key"] for r in again} != {r["data_key"] for r in first}
+    for a, b in zip(sorted(first, key=lambda r: r["alpha"]), sorted(again, key=lambda r: r["alpha"])):
+        assert b["value"] == pytest.approx(1 - a["value"])  # measured on the new labels, not reused
+    # a fine-tuned model rewritten in place makes another sweep: refused, the folder is kept
+    shutil.rmtree(m1)
+    save_encoder(make_tiny_encoder(seed=2), m1)
+    with pytest.raises(ValueError, match="holds a sweep made with other settings .*weights"):
+        run_sweep(str(m0), [str(m1)], [0.0, 1.0], [tones], tmp_path / "sw", **kw)

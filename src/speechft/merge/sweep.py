@@ -78,8 +78,11 @@ def parse_alphas(values: Sequence) -> list[float]:
 def sweep_identity(method, params: MergeParams, excluded: str, sources, probe: dict) -> dict:
     """Everything the records depend on apart from α and task (stored in sweep_config.json)."""
     opts = {k: v for k, v in describe(method, params).items() if k != "alpha"}
+    from ..utils.provenance import dir_digest
+
     return {"method": method.name, **opts, "excluded": excluded, "pretrained": str(sources[0].dir.resolve()),
-            "finetuned": [str(s.dir.resolve()) for s in sources[1:]], "probe": probe}
+            "finetuned": [str(s.dir.resolve()) for s in sources[1:]], "probe": probe,
+            "weights": [dir_digest(s.dir) for s in sources]}  # content: a model rewritten in place is another sweep
 
 
 def identity_id(identity: dict) -> str:
@@ -186,16 +189,6 @@ def sweep_model_name(method: str, alpha: float) -> str:
     return f"{get_method(method).name} alpha={alpha_label(alpha)}"
 
 
-def merged_encoders(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float], *, method: str = "linear",
-                    weights: Optional[Sequence[float]] = None, density: float = 0.5, seed: int = 0,
-                    majority_sign: str = "total", excluded: str = "keep"):
-    """Yield (α, encoder) built in memory exactly as :func:`run_sweep` (``models="memory"``) builds
-    them, so their weight fingerprints, hence feature caches and probe records, are shared."""
-    m, _, params, sources, plan = _setup(pretrained, finetuned, parse_alphas(alphas), method, weights, density, seed,
-                                         majority_sign, excluded)
-    yield from _memory_encoders(sources, plan, m, params, {a: sweep_model_name(m.name, a) for a in params})
-
-
 def _setup(pretrained, finetuned, alphas, method, weights, density, seed, majority_sign, excluded):
     """The method, weights, {α: MergeParams} (each checked), opened sources and key plan of a sweep."""
     m = get_method(method)
@@ -234,7 +227,7 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
     reuse that model's records instead of training the heads again (matched by weight fingerprint).
 
     ``probe_fn`` (default :func:`speechft.probe.run_probe`) is called as
-    ``probe_fn(model, tasks, out_dir, seeds=, size=, fsdd_root=, limit=, model_name=, epochs=, cache_dir=)``
+    ``probe_fn(model, tasks, out_dir, seeds=, size=, fsdd_root=, limit=, model_name=, epochs=, cache_dir=, replace=True)``
     with an encoder (models="memory") or a model directory (models="disk") and returns probe records.
     """
     from ..tasks import get_task
@@ -268,7 +261,18 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
     probe_opts = {"size": size, "seeds": [int(s) for s in seeds], "limit": limit, "epochs": epochs}
     identity = sweep_identity(m, params_by_alpha[alphas[0]], excluded, sources, probe_opts)
     sid = identity_id(identity)
-    done = {(round(r["alpha"], 9), r["task"]) for r in check_resume(out_dir, identity)}
+    # each task's data (manifest contents, rows, audio): a record counts only for the data it was made on
+    from ..probe.runner import plan_tasks
+    from ..utils.provenance import key_of
+
+    if probe_fn is None:
+        data_keys = {p.task.name: key_of(p.data) for p in plan_tasks(
+            [task_objs[t] if not isinstance(task_objs[t], str) else get_task(t) for t in tasks],
+            size, fsdd_root, limit, False, epochs, {})}
+    else:  # a custom probe (tests, other harnesses) answers for its own data
+        data_keys = {t: None for t in tasks}
+    done = {(round(r["alpha"], 9), r["task"]) for r in check_resume(out_dir, identity)
+            if r.get("data_key") == data_keys[r["task"]]} if tasks else set()
     pending = {a: [t for t in tasks if (round(a, 9), t) not in done] for a in alphas}
     pending = {a: ts for a, ts in pending.items() if ts}
     log.info("sweep %s: %d α x %d tasks, %d α to probe", sid, len(alphas), len(tasks), len(pending))
@@ -286,14 +290,18 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
         for alpha, model in produced:
             recs = probe_fn(model, [task_objs[t] for t in pending[alpha]], probe_dir, seeds=tuple(probe_opts["seeds"]), size=size,
                             fsdd_root=fsdd_root, limit=limit, model_name=names[alpha], epochs=epochs,
-                            cache_dir=cache_dir)
+                            cache_dir=cache_dir, replace=True)
             for rec in aggregate(recs, alpha, pending[alpha], base):
-                append_jsonl(out_dir / SWEEP_FILE, rec)
+                append_jsonl(out_dir / SWEEP_FILE, {**rec, "data_key": data_keys[rec["task"]]})
             del model
 
     wanted = {round(a, 9) for a in alphas}
-    records = [r for r in read_jsonl(out_dir / SWEEP_FILE)
-               if r.get("sweep_id") == sid and round(r["alpha"], 9) in wanted and r["task"] in tasks]
+    latest = {}  # (α, task, metric) -> the newest record on the current data
+    for r in read_jsonl(out_dir / SWEEP_FILE):
+        if r.get("sweep_id") == sid and round(r["alpha"], 9) in wanted and r["task"] in tasks \
+                and r.get("data_key") == data_keys[r["task"]]:
+            latest[(round(r["alpha"], 9), r["task"], r["metric"])] = r
+    records = list(latest.values())
     selection, selected_dir = None, None
     if select:
         selection = select_alpha(records, select)
