@@ -79,14 +79,19 @@ def test_analyze_end_to_end(tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     recs = analyze(["m0", "m0-copy", "m1"], m, tmp_path / "out", encoders=[e0, make_tiny_encoder(seed=0), e1],
                    alphas=(0.0, 0.5, 1.0))
+    layers = list(range(e0.num_layers + 1))  # hidden states 0 (CNN projection) .. num_layers
     sim_same = [r for r in recs if r["kind"] == "similarity" and r["model"] == "m0-copy"]
+    assert [r["layer"] for r in sim_same] == layers
     assert all(r["cosine"] == pytest.approx(1.0, abs=1e-6) and r["cka"] == pytest.approx(1.0, abs=1e-6) for r in sim_same)
     sim_ft = [r for r in recs if r["kind"] == "similarity" and r["model"] == "m1"]
+    assert [r["layer"] for r in sim_ft] == layers
     assert sim_ft[-1]["cosine"] < 0.9999  # perturbed encoder layers really differ
     ll = [r for r in recs if r["kind"] == "llfc" and r["model"] == "m1"]
-    for r in ll:
-        if r["alpha"] in (0.0, 1.0):
-            assert r["r2"] == pytest.approx(1.0, abs=1e-6)
+    assert sorted((r["alpha"], r["layer"]) for r in ll) == [(a, lay) for a in (0.0, 0.5, 1.0) for lay in layers]
+    ends = [r for r in ll if r["alpha"] in (0.0, 1.0)]  # the interpolation's end points are the models themselves
+    assert len(ends) == 2 * len(layers)
+    for r in ends:
+        assert r["r2"] == pytest.approx(1.0, abs=1e-6)
     wd = {r["group"]: r["relative"] for r in recs if r["kind"] == "weight_distance" and r["model"] == "m1"}
     assert wd["cnn"] == 0.0 and wd["layer1"] > 0
     for png in ("similarity.png", "llfc.png", "weight_distance.png"):

@@ -75,7 +75,8 @@ def test_encoder_save_load_plain_transformers(tmp_path):
 def test_freeze_feature_extractor():
     enc = make_tiny_encoder()
     enc.freeze_feature_extractor(True)
-    assert all(not p.requires_grad for p in enc.feature_extractor_parameters())
+    frozen = list(enc.feature_extractor_parameters())
+    assert frozen and all(not p.requires_grad for p in frozen)
     assert any(p.requires_grad for p in enc.model.encoder.parameters())
 
 
@@ -86,7 +87,8 @@ def test_heads_shapes_and_losses():
     lg = ctc(states, fl)
     assert lg.shape == (2, 10, 6)
     assert torch.isfinite(ctc.loss(lg, fl, [[2, 3], [4]]))
-    assert all(0 not in p for p in ctc.predict(lg, fl))
+    pred = ctc.predict(lg, fl)
+    assert len(pred) == 2 and all(0 not in p for p in pred)
     cls = PoolClassifier(8, 4, num_states=3, layer_sum=True)
     assert cls(states, fl).shape == (2, 4)
     sl = SlotsClassifier(8, [3, 2])

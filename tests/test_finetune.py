@@ -152,9 +152,9 @@ def test_resume_after_stop_matches_uninterrupted(stable_run, tmp_path, tiny_mode
         finetune(None, None, out, resume=True, progress=False, lr=5e-4)
     finetune(None, None, out, resume=True, progress=False)  # model/task/recipe come from config.yaml
     a, b = hf_weights(stable_run / "encoder"), hf_weights(out / "encoder")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a and a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     ha, hb = load_head(stable_run / "head")[0].state_dict(), load_head(out / "head")[0].state_dict()
-    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+    assert ha and ha.keys() == hb.keys() and [k for k in ha if not torch.equal(ha[k], hb[k])] == []
     assert [r["step"] for r in records(out)] == list(range(1, 11))  # no duplicate records after the resume
     assert len(list((out / "checkpoints").iterdir())) == 2  # keep_checkpoints
 
@@ -170,7 +170,7 @@ def regular_run(tmp_path_factory, tiny_model_dir, lite_quick):
 def test_regular_trains_cnn_and_keeps_early_checkpoints(regular_run, tiny_model_dir):
     theta0, final = hf_weights(tiny_model_dir), hf_weights(regular_run / "encoder")
     cnn = [k for k in theta0 if k.startswith(CNN)]
-    assert any(not torch.equal(final[k], theta0[k]) for k in cnn)
+    assert cnn and any(not torch.equal(final[k], theta0[k]) for k in cnn)
     assert [r["phase"] for r in records(regular_run)] == ["full"] * 6  # no head-only warm-up
     early = sorted(p.name for p in (regular_run / "early").iterdir())
     assert early == ["step-3", "step-6"]

@@ -63,6 +63,7 @@ def test_two_processes_match_one_process(tiny_model_dir, lite_quick, tmp_path):
     for r2, r1 in zip(*recs):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
     a, b = _state(two, 4)["model"], _state(one, 4)["model"]
+    assert a and a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     print(f"largest weight difference 2 processes vs 1: {worst:.2e}")
     assert worst < 1e-4, f"largest weight difference {worst}"

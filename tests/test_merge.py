@@ -253,9 +253,10 @@ def test_float64_inputs_several_alphas_in_one_pass(models, tmp_path):
             alone = merge_models(str(m0), fts, tmp_path / f"{method}-alone", alpha=a, method=method,
                                  overwrite=True, progress=False)
             got, ref = weights(out), weights(alone)
+            assert ref and got.keys() == ref.keys()
             assert all(got[k].dtype == torch.float64 and torch.equal(got[k], ref[k]) for k in ref), (method, a)
-        w0 = weights(m0)
-        assert all(torch.equal(weights(outs[0])[k], w0[k]) for k in w0)
+        w0, first = weights(m0), weights(outs[0])
+        assert w0 and first.keys() == w0.keys() and all(torch.equal(first[k], w0[k]) for k in w0)
 
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
@@ -278,6 +279,7 @@ def test_several_alphas_share_the_task_sum_and_equal_separate_merges(method):
         math = MathPool(3)  # 2 blocks: this thread and one helper
         try:
             threaded = list(merge_tensors(m, params, "k", base, tuned, out_dtype, math))
+            assert len(threaded) == len(together) == len(params)
             assert all(torch.equal(a, b) for a, b in zip(threaded, together)), out_dtype
             one = list(merge_tensors(m, params[1:2], "k", base, tuned, out_dtype, math))[0]  # Σ not shared
             assert torch.equal(one, together[1])
@@ -307,6 +309,7 @@ def test_builtin_reference_resolves_through_assets_dir(models, tmp_path, monkeyp
     monkeypatch.setattr(speechft.paths, "ASSETS_DIR", tmp_path / "assets")
     out = merge_models("speechft-tiny", [str(models / "m1")], tmp_path / "o", alpha=0.0, progress=False)
     assert read_card(out)["pretrained"] == {"ref": "speechft-tiny", "path": str(tmp_path / "assets" / "speechft-tiny")}
-    assert all(torch.equal(weights(out)[k], v) for k, v in weights(models / "m0").items())
+    got, w0 = weights(out), weights(models / "m0")
+    assert w0 and got.keys() == w0.keys() and all(torch.equal(got[k], v) for k, v in w0.items())
     with pytest.raises(ValueError, match="'fbank' is a feature baseline"):
         merge_models("fbank", [str(models / "m1")], tmp_path / "f", progress=False)

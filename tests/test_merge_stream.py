@@ -63,7 +63,8 @@ def test_mapped_tensors_equal_read_ones_for_every_dtype(tmp_path):
         assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), k
         assert torch.equal(got, src.get(k)), k
     merged = merge_models(str(tmp_path / "m"), [str(tmp_path / "m")], tmp_path / "o", alpha=0.3, progress=False)
-    assert all(torch.equal(v, tensors[k]) for k, v in load_file(str(merged / "model.safetensors")).items())
+    got = load_file(str(merged / "model.safetensors"))
+    assert got.keys() == tensors.keys() and all(torch.equal(v, tensors[k]) for k, v in got.items())
 
 
 def test_merge_leaves_torch_threads_as_it_found_them(tmp_path, tiny_model_dir):

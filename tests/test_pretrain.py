@@ -94,7 +94,7 @@ def test_codebook_roundtrip_and_targets_cache(audio, tmp_path):
     assert len(np.unique(np.concatenate(labels))) > 2  # not a degenerate clustering
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     again = compute_targets(store, cb2, FeatureSource(), cache_dir=tmp_path / "cache")
-    assert all(np.array_equal(a, b) for a, b in zip(labels, again))
+    assert len(again) == len(labels) and all(np.array_equal(a, b) for a, b in zip(labels, again))
     with pytest.raises(ValueError, match="not a speechft k-means"):
         (tmp_path / "bad.npz").write_bytes(b"nope")
         Codebook.load(tmp_path / "bad.npz")
@@ -270,4 +270,4 @@ def test_sigkill_then_resume_matches_straight_run(audio, tmp_path):
     p.wait()
     subprocess.run(exe[:4] + ["--out", str(tmp_path / "b"), "--resume"], check=True, env=env, capture_output=True)
     a, b = load_file(str(tmp_path / "a/encoder/model.safetensors")), load_file(str(tmp_path / "b/encoder/model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -222,6 +222,7 @@ def test_forward_many_shares_the_cnn_and_matches_separate_forwards():
         separate = [e(wav, lens) for e in (base, same_cnn, other_cnn)]
     handle.remove()
     assert len(calls) == 1  # only the separate forward ran same_cnn's CNN; the shared one replayed base's
+    assert len(shared) == len(separate) == 3
     for (s1, f1), (s2, f2) in zip(shared, separate):
         assert torch.equal(f1, f2) and len(s1) == len(s2)
         assert all(torch.equal(a, b) for a, b in zip(s1, s2))
@@ -247,7 +248,8 @@ def test_shared_extraction_gives_bit_identical_caches(tmp_path, tones):
             a = fcache.FeatureCache(fcache.split_folder(tones, split, "default", fcache.model_key(enc), tmp_path / "shared"))
             b = fcache.FeatureCache(fcache.split_folder(tones, split, "default", fcache.model_key(enc), tmp_path / "alone"))
             ids = [r.id for r in rows]
-            assert all(np.array_equal(x, y) for x, y in zip(a.frames(ids), b.frames(ids)))
+            fa, fb = a.frames(ids), b.frames(ids)
+            assert len(fa) == len(fb) == len(ids) > 0 and all(np.array_equal(x, y) for x, y in zip(fa, fb))
     # the probe then finds everything cached: no encoder forward at all
     counting = CountingEncoder(kid)
     run_probe(counting, [tones], tmp_path / "p", epochs=1, cache_dir=tmp_path / "shared", progress=False)

@@ -85,7 +85,7 @@ def test_sweep_records_resume_plot_and_selection(pair, tmp_path):
     assert card["alpha"] == 0.75 and card["selection"]["rule"] == "mean-normalized"
     ref = merge_models(str(m0), [str(m1)], tmp_path / "ref", alpha=0.75, progress=False)
     got, want = load_file(str(out / "selected" / "model.safetensors")), load_file(str(ref / "model.safetensors"))
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert want and got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert json.loads((out / "selection.json").read_text())["alpha"] == 0.75
 
     # rerun: nothing probed again; one new α: only that one is probed
@@ -103,7 +103,7 @@ def test_sweep_on_disk_and_ft_task_rule(pair, tmp_path):
     probe = StandInProbe(m0, m1)
     res = run_sweep(str(m0), [str(m1)], ALPHAS, TASKS, tmp_path / "d", models="disk",
                     select="ft-task:lite-pr,max-drop:0.1", probe_fn=probe)
-    assert all(c[2] == "str" for c in probe.calls)
+    assert probe.calls and all(c[2] == "str" for c in probe.calls)
     assert sorted(p.name for p in (tmp_path / "d" / "models").iterdir()) == [f"alpha-{a:g}" for a in ALPHAS]
     # lite-sid drop vs α=0 on dev: 0.3·s²/0.81 ≤ 0.1 ⇔ s ≤ 0.52 -> α ∈ {0, 0.25, 0.5}; lite-pr best at 0.5
     assert res.selection["eligible"] == [0.0, 0.25, 0.5] and res.selection["alpha"] == 0.5
