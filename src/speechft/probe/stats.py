@@ -70,19 +70,40 @@ def has_items(records: Sequence[dict]) -> bool:
 
 
 def replicates(records: Sequence[dict], n_boot: int = N_BOOT) -> Optional[np.ndarray]:
-    """``[n_boot]`` bootstrap replicates of the seed-mean metric of one model on one task (records
-    of equal ``group_key``, one per seed), or None without per-utterance items."""
+    """``[n_boot]`` bootstrap replicates of the mean metric of one cell, or None without
+    per-utterance items. ``records``: one per seed of one model (equal ``group_key``), or of several
+    models of one row (e.g. one per fine-tuning seed, each with its probe seeds): the replicate then
+    resamples the models, and within each model its probe seeds, on one utterance draw."""
     if not has_items(records):
         return None
     n_items = {len(next(iter(r["test_items"].values()))) for r in records}
-    if len(n_items) != 1:
-        raise ValueError("records of one cell hold different numbers of test utterances")
+    if len(n_items) != 1 or len({r.get("data_key") for r in records}) != 1:
+        raise ValueError("records of one cell come from different test sets")
     data_key = str(records[0].get("data_key"))
     idx = _utterance_draws(data_key, n_items.pop(), n_boot)
-    per_seed = _per_seed(records, idx)
-    rng = np.random.default_rng(_seed_of(f"seeds|{data_key}|{records[0].get('group_key')}"))
-    pick = rng.integers(0, len(records), size=(n_boot, len(records)))
-    return per_seed[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+    groups: dict = {}
+    for r in records:
+        groups.setdefault(r.get("group_key"), []).append(r)
+    per_group = []
+    for g, recs in groups.items():
+        per_seed = _per_seed(recs, idx)
+        rng = np.random.default_rng(_seed_of(f"seeds|{data_key}|{g}"))
+        pick = rng.integers(0, len(recs), size=(n_boot, len(recs)))
+        per_group.append(per_seed[pick, np.arange(n_boot)[:, None]].mean(axis=1))
+    per_group = np.stack(per_group)  # [G, n_boot]
+    if len(per_group) == 1:
+        return per_group[0]
+    rng = np.random.default_rng(_seed_of(f"groups|{data_key}|{sorted(map(str, groups))}"))
+    pick = rng.integers(0, len(per_group), size=(n_boot, len(per_group)))
+    return per_group[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+
+
+def point(records: Sequence[dict]) -> float:
+    """The cell's point estimate: mean over models (groups) of the mean over their seeds."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault(r.get("group_key"), []).append(float(r["value"]))
+    return float(np.mean([np.mean(v) for v in groups.values()]))
 
 
 def interval(point: float, reps: Optional[np.ndarray], level: float = LEVEL) -> Optional[Interval]:
@@ -96,8 +117,7 @@ def interval(point: float, reps: Optional[np.ndarray], level: float = LEVEL) -> 
 
 def cell(records: Sequence[dict], n_boot: int = N_BOOT) -> Optional[Interval]:
     """Seed-mean test metric of one cell with its interval."""
-    point = float(np.mean([r["value"] for r in records]))
-    return interval(point, replicates(records, n_boot))
+    return interval(point(records), replicates(records, n_boot))
 
 
 def difference(a: Sequence[dict], b: Sequence[dict], n_boot: int = N_BOOT) -> Optional[Interval]:
@@ -105,5 +125,4 @@ def difference(a: Sequence[dict], b: Sequence[dict], n_boot: int = N_BOOT) -> Op
     if {r.get("data_key") for r in a} != {r.get("data_key") for r in b}:
         raise ValueError("a paired difference needs both models probed on the same test data")
     ra, rb = replicates(a, n_boot), replicates(b, n_boot)
-    point = float(np.mean([r["value"] for r in a]) - np.mean([r["value"] for r in b]))
-    return interval(point, None if ra is None or rb is None else ra - rb)
+    return interval(point(a) - point(b), None if ra is None or rb is None else ra - rb)

@@ -15,62 +15,74 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..probe import stats
-from ..probe.score import score_table
+from ..probe.score import is_fbank_record, score_table, superb_score
 from ..utils.io import atomic_write_text, read_jsonl
 
 class Results:
-    """The probe records of one report, indexed by (model, task), with their scores and intervals."""
+    """Probe records of one report grouped into rows, with scores and intervals.
 
-    def __init__(self, records: Sequence[dict], models: Sequence[str], tasks: Sequence[str]):
-        self.models, self.tasks = list(models), list(tasks)
-        self.records = [r for r in records if r["model"] in self.models and r["task"] in self.tasks]
+    ``rows``: row labels in table order, or ``{label: [model names in the records]}`` when a row
+    pools several models (one per fine-tuning seed). A cell is the row's records on one task; its
+    point is the mean over models of the mean over probe seeds (:func:`speechft.probe.stats.point`).
+    Points per task come from :func:`speechft.probe.score.superb_score` (the reference points each
+    task declares; FBANK records on the same data), the same path as ``speechft probe``."""
+
+    def __init__(self, records: Sequence[dict], rows, tasks: Sequence[str]):
+        groups = rows if isinstance(rows, dict) else {m: [m] for m in rows}
+        self.models, self.tasks = list(groups), list(tasks)
+        owner = {m: label for label, ms in groups.items() for m in ms}
+        self.records = [r for r in records if r["model"] in owner and r["task"] in self.tasks]
         self.cells: dict = {}
         for r in self.records:
-            self.cells.setdefault((r["model"], r["task"]), []).append(r)
-        self.scores = {row["model"]: row for row in score_table(self.records)} if self.records else {}
+            self.cells.setdefault((owner[r["model"]], r["task"]), []).append(r)
+        for recs in self.cells.values():
+            score_table(recs)  # refuses records of one model made from other inputs
+        self._fb = {t: [r for r in self.records if is_fbank_record(r) and r["task"] == t] for t in self.tasks}
         self._reps: dict = {}
-        self._refs: dict = {}
 
     def meta(self, task: str) -> tuple[str, bool]:
         r = next((r for r in self.records if r["task"] == task), None)
         return (r["metric"], bool(r["higher_is_better"])) if r else ("?", True)
 
-    def cell(self, model: str, task: str) -> Optional[stats.Interval]:
-        recs = self.cells.get((model, task))
+    def cell(self, row: str, task: str) -> Optional[stats.Interval]:
+        recs = self.cells.get((row, task))
         if not recs:
             return None
-        return stats.cell(recs) or stats.Interval(*(3 * [statistics.fmean(r["value"] for r in recs)]))
+        return stats.cell(recs) or stats.Interval(*(3 * [stats.point(recs)]))
 
-    def points(self, model: str, task: str) -> Optional[float]:
-        return ((self.scores.get(model) or {}).get("tasks", {}).get(task) or {}).get("points")
+    def reference(self, task: str, data_key) -> Optional[tuple[float, float]]:
+        """(s_FBANK, s_ref) of ``task`` on the test set ``data_key``, as probe.score scores it."""
+        fb = [float(r["value"]) for r in self._fb.get(task, []) if r.get("data_key") == data_key]
+        metric, higher = self.meta(task)
+        sc = superb_score({task: [0.0]}, fbank={task: fb} if fb else None, metrics={task: (metric, higher)})
+        info = sc["tasks"].get(task)
+        return (info["fbank"], info["reference"]) if info else None
 
-    def _point_reps(self, model: str, task: str) -> Optional[np.ndarray]:
-        """Bootstrap replicates of the model's SUPERB-style points on one task (FBANK and the
-        reference fixed at their point values)."""
-        key = (model, task)
+    def points(self, row: str, task: str) -> Optional[float]:
+        recs = self.cells.get((row, task))
+        ref = self.reference(task, recs[0].get("data_key")) if recs else None
+        return None if ref is None else 1000.0 * (stats.point(recs) - ref[0]) / (ref[1] - ref[0])
+
+    def _point_reps(self, row: str, task: str) -> Optional[np.ndarray]:
+        """Bootstrap replicates of the row's points on one task (FBANK and the reference fixed)."""
+        key = (row, task)
         if key not in self._reps:
-            recs, fb = self.cells.get(key), self._fbank(task)
-            reps = stats.replicates(recs) if recs and fb is not None else None
-            self._reps[key] = None if reps is None else 1000.0 * (reps - fb[0]) / (fb[1] - fb[0])
+            recs = self.cells.get(key)
+            ref = self.reference(task, recs[0].get("data_key")) if recs else None
+            reps = stats.replicates(recs) if ref is not None else None
+            self._reps[key] = None if reps is None else 1000.0 * (reps - ref[0]) / (ref[1] - ref[0])
         return self._reps[key]
 
-    def _fbank(self, task: str) -> Optional[tuple[float, float]]:
-        """(s_FBANK, s_ref) of ``task``, as probe.score scores it."""
-        if task not in self._refs:
-            self._refs[task] = next((info for m in self.models if (m, task) in self.cells
-                                     for info in [_score_info(self.records, m, task)] if info), None)
-        return self._refs[task]
-
-    def score(self, model: str, tasks: Sequence[str]) -> Optional[stats.Interval]:
+    def score(self, row: str, tasks: Sequence[str]) -> Optional[stats.Interval]:
         """Mean points over ``tasks`` with its interval (tasks resampled independently)."""
-        pts = [self.points(model, t) for t in tasks]
+        pts = [self.points(row, t) for t in tasks]
         if not tasks or any(p is None for p in pts):
             return None
-        point = statistics.fmean(pts)
-        reps = [self._point_reps(model, t) for t in tasks]
+        mean = statistics.fmean(pts)
+        reps = [self._point_reps(row, t) for t in tasks]
         if any(r is None for r in reps):
-            return stats.Interval(point, point, point)
-        return stats.interval(point, np.mean(reps, axis=0))
+            return stats.Interval(mean, mean, mean)
+        return stats.interval(mean, np.mean(reps, axis=0))
 
     def score_difference(self, a: str, b: str, tasks: Sequence[str]) -> Optional[stats.Interval]:
         """Paired bootstrap of score(a) − score(b) over ``tasks``."""
@@ -86,18 +98,6 @@ class Results:
     def difference(self, a: str, b: str, task: str) -> Optional[stats.Interval]:
         ca, cb = self.cells.get((a, task)), self.cells.get((b, task))
         return stats.difference(ca, cb) if ca and cb else None
-
-
-def _score_info(records: Sequence[dict], model: str, task: str) -> Optional[tuple[float, float]]:
-    """(s_FBANK, s_ref) used to score ``model`` on ``task`` (from probe.score's own table)."""
-    from ..probe.score import superb_score
-
-    try:
-        sc = superb_score(records, model=model)
-    except ValueError:
-        return None
-    t = sc["tasks"].get(task)
-    return (t["fbank"], t["reference"]) if t else None
 
 
 def _pct(iv: Optional[stats.Interval]) -> str:
