@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test test-fast demo demo-quick bench clean espeak
+.PHONY: install test test-fast demo demo-quick study study-quick bench clean espeak
 
 install: $(STAMP)
 
@@ -38,6 +38,14 @@ demo: install
 
 demo-quick: install
 	$(VENV)/bin/speechft reproduce --quick --out $(DEMO_OUT)-quick
+
+STUDY_OUT ?= runs/study
+
+study: install
+	$(VENV)/bin/speechft study --config configs/study.yaml --out $(STUDY_OUT)
+
+study-quick: install
+	$(VENV)/bin/speechft study --quick --config configs/study.yaml --out $(STUDY_OUT)-quick
 
 bench: install
 	$(PY) benchmarks/run_all.py

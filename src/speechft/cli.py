@@ -9,7 +9,7 @@ import os
 
 import typer
 
-from .commands import analyze, convert, finetune, merge, pretrain, prepare, probe, reproduce, sweep, validate
+from .commands import analyze, convert, finetune, merge, pretrain, prepare, probe, reproduce, study, sweep, validate
 
 app = typer.Typer(
     name="speechft",
@@ -30,6 +30,7 @@ for verb, module in [
     ("probe", probe),
     ("analyze", analyze),
     ("reproduce", reproduce),
+    ("study", study),
 ]:
     app.command(verb, help=module.command.__doc__)(module.command)
 

@@ -91,14 +91,14 @@ class Row:
     in_table: bool = True  # sweep-only models appear in the sweep plot, not the main table
 
 
-def _available_tasks(cfg: ReproduceConfig) -> tuple[list[str], list[str]]:
+def available_tasks(names, fsdd: Optional[str]) -> tuple[list[str], list[str]]:
     """Tasks to run, and tasks dropped (FSDD tasks when no FSDD copy can be found)."""
     from .paths import default_fsdd_root
     from .tasks import get_task
 
     keep, dropped = [], []
-    fsdd = cfg.fsdd or default_fsdd_root()
-    for name in dict.fromkeys((cfg.ft_task, *cfg.tasks)):
+    fsdd = fsdd or default_fsdd_root()
+    for name in dict.fromkeys(names):
         t = get_task(name)
         if t.corpus == "fsdd" and fsdd is None:
             dropped.append(name)
@@ -140,12 +140,14 @@ def _finetune(model: str, task: str, recipe: str, rdir: str, size: str, fsdd: Op
     return dir_digest(rdir / "encoder")
 
 
-def _merge(model: str, finetuned: list, alphas: list, outs: list) -> str:
-    """θ₀ + α·τ for every α in one streaming pass; the digest of all the merged models."""
+def _merge(model: str, finetuned: list, alphas: list, outs: list, method: str = "linear",
+           options: Optional[dict] = None) -> str:
+    """θ₀ + α·τ (or ``method`` over several task vectors) for every α in one streaming pass; the
+    digest of all the merged models."""
     from .merge.merge import merge_alphas
     from .utils.provenance import dir_digest, key_of
 
-    merge_alphas(model, finetuned, alphas, outs, overwrite=True, progress=False)
+    merge_alphas(model, finetuned, alphas, outs, method=method, overwrite=True, progress=False, **(options or {}))
     return key_of([dir_digest(o) for o in outs])
 
 
@@ -331,7 +333,7 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False, wo
     layout.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(layout.out / "config.yaml", cfg.to_yaml())
     stages = Stages(layout.out)
-    tasks, dropped = _available_tasks(cfg)
+    tasks, dropped = available_tasks((cfg.ft_task, *cfg.tasks), cfg.fsdd)
     if dropped:
         log.warning("no FSDD copy found (pass --fsdd PATH or set SPEECHFT_FSDD): skipping %s", ", ".join(dropped))
     workers, threads = default_workers(workers)

@@ -1,0 +1,252 @@
+"""`speechft study`: the paper's experiment matrix — scenarios × methods × seeds — in one job graph.
+
+Every scenario fine-tunes θ₀ on its task with each recipe (regular FT, Stable-FT, baselines) and
+each fine-tuning seed, merges every Stable-FT model into Speech-FT (α), and probes every model on
+every task of the shared suite with every probe seed. θ₀ and FBANK are probed once for all
+scenarios. The multitask block merges the Stable-FT models of several scenarios (same fine-tuning
+seed) with the paper's mean task vector, TIES and DARE. Per scenario, an α sweep on fine-tuning
+seed 0 and the weight/representation analyses.
+
+It is the reproduce pipeline's machinery (:mod:`speechft.pipeline`: the same job functions,
+provenance-keyed jobs, one shared probe results file with provenance-keyed records), planned for many
+scenarios. A row of the report pools the models of its fine-tuning seeds (record names
+``"<scenario> / <method> / ft<k>"``); its intervals resample fine-tuning seeds, probe seeds and test
+utterances (:mod:`speechft.probe.stats`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import pipeline as P
+from .study_config import StudyConfig
+from .utils.io import atomic_write_text, check_writable
+from .utils.jobs import Job, Stages, default_workers, run_jobs
+
+log = logging.getLogger(__name__)
+
+METHOD_NAMES = {"regular": P.REGULAR, "stable": P.STABLE, "l2sp": "L2-SP", "lora": "LoRA", "dora": "DoRA"}
+MULTITASK_NAMES = {"linear": "multitask mean τ", "ties": "multitask TIES", "dare": "multitask DARE"}
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One row of a scenario's table: a method, pooled over its fine-tuning seeds."""
+
+    scenario: str  # scenario name, "multitask", or "" for the shared rows (FBANK, pre-trained)
+    method: str  # FBANK, pre-trained, regular FT, Stable-FT, Speech-FT (α=…), L2-SP, …
+    role: str  # as pipeline.Row.role
+    models: tuple = ()  # (record name, model reference) per fine-tuning seed
+    alpha: Optional[float] = None
+    in_table: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario} / {self.method}" if self.scenario else self.method
+
+
+@dataclass
+class StudyPlan:
+    jobs: list = field(default_factory=list)
+    rows: list = field(default_factory=list)  # StudyRow
+    sweeps: dict = field(default_factory=dict)  # scenario -> {α: record name}
+
+
+def _name(scenario: str, method: str, seed: int) -> str:
+    return f"{scenario} / {method} / ft{seed}"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
+
+
+def _options(cfg: StudyConfig, recipe: str, seed: int) -> dict:
+    kw = dict(steps=cfg.ft_steps, lr=cfg.ft_lr, batch_seconds=cfg.ft_batch_seconds, seed=seed)
+    if recipe == "stable":
+        kw["beta"] = cfg.beta
+    if recipe == "l2sp":
+        kw["l2sp_lambda"] = cfg.l2sp_lambda
+    if recipe in ("lora", "dora"):
+        kw["lora_rank"] = cfg.lora_rank
+    return kw
+
+
+def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint: str = "") -> StudyPlan:
+    """The job graph and rows of one study (``tasks``: the probe suite actually available)."""
+    out = Path(out)
+    plan = StudyPlan()
+    theta0 = {"model": model_fingerprint}
+    data = dict(size=cfg.size, fsdd=cfg.fsdd)
+    results = out / "probe" / "results.jsonl"
+    ft_tasks = list(dict.fromkeys(s.task for s in cfg.scenarios))
+    plan.jobs.append(Job("prepare", P._prepare, dict(tasks=list(dict.fromkeys(ft_tasks + list(tasks))), **data),
+                         always=True, cost=15))
+    plan.rows += [StudyRow("", P.FBANK, P.ROLE_FBANK, ((P.FBANK, "fbank"),)),
+                  StudyRow("", P.PRETRAINED, P.ROLE_PRETRAINED, ((P.PRETRAINED, cfg.model),))]
+    shared_cnn: set = {P.PRETRAINED}  # record names whose features share θ₀'s CNN (extracted together)
+    made_by: dict = {}
+    stable_dirs: dict = {}  # (scenario, seed) -> Stable-FT encoder dir
+
+    for sc in cfg.scenarios:
+        root = out / "scenarios" / _slug(sc.name)
+        recipes = ["regular", "stable"] + [b for b in sc.baselines if b in METHOD_NAMES]
+        rows: dict = {}
+        for recipe in recipes:
+            n_seeds = cfg.ft_seeds if recipe in ("regular", "stable") else cfg.baseline_ft_seeds
+            models = []
+            for k in range(n_seeds):
+                rdir = root / "finetune" / f"{recipe}-ft{k}"
+                job = f"{sc.name}: finetune-{recipe} ft{k}"
+                opts = _options(cfg, recipe, k)
+                if recipe == "stable" and "early" in sc.baselines and k < cfg.baseline_ft_seeds:
+                    opts["save_every"] = cfg.early_step
+                plan.jobs.append(Job(job, P._finetune, dict(model=cfg.model, task=sc.task, recipe=recipe, rdir=str(rdir),
+                                                            options=opts, **data),
+                                     deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=theta0,
+                                     owns=(rdir,), cost=100 if recipe == "stable" else 170))
+                name = _name(sc.name, METHOD_NAMES[recipe], k)
+                models.append((name, str(rdir / "encoder")))
+                made_by[name] = job
+                if recipe == "stable":
+                    shared_cnn.add(name)
+                    stable_dirs[(sc.name, k)] = str(rdir / "encoder")
+            rows[recipe] = StudyRow(sc.name, METHOD_NAMES[recipe], P.ROLE_REGULAR if recipe == "regular" else
+                                    P.ROLE_STABLE if recipe == "stable" else P.ROLE_BASELINE, tuple(models))
+        if "early" in sc.baselines:
+            models = []
+            for k in range(cfg.baseline_ft_seeds):
+                name = _name(sc.name, f"early (step {cfg.early_step})", k)
+                models.append((name, str(root / "finetune" / f"stable-ft{k}" / "early" / f"step-{cfg.early_step}")))
+                made_by[name] = f"{sc.name}: finetune-stable ft{k}"
+                shared_cnn.add(name)
+            rows["early"] = StudyRow(sc.name, f"early (step {cfg.early_step})", P.ROLE_EARLY, tuple(models))
+        sft = f"{P.SPEECHFT} (α={cfg.alpha:g})"
+        models = []
+        for k in range(cfg.ft_seeds):
+            mdir = root / "models" / f"speech-ft-ft{k}"
+            job = f"{sc.name}: merge ft{k}"
+            plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=[stable_dirs[(sc.name, k)]],
+                                                     alphas=[float(cfg.alpha)], outs=[str(mdir)]),
+                                 deps=(f"{sc.name}: finetune-stable ft{k}",), outputs=(mdir / "config.json",),
+                                 inputs=theta0, owns=(mdir,), cost=1))
+            name = _name(sc.name, sft, k)
+            models.append((name, str(mdir)))
+            made_by[name] = job
+            shared_cnn.add(name)
+        rows["speech-ft"] = StudyRow(sc.name, sft, P.ROLE_SPEECHFT, tuple(models), alpha=float(cfg.alpha))
+        # α sweep on fine-tuning seed 0: α = 0, α and 1 are θ₀, Speech-FT and Stable-FT bit for bit
+        sweep = {0.0: P.PRETRAINED, 1.0: _name(sc.name, P.STABLE, 0), float(cfg.alpha): _name(sc.name, sft, 0)}
+        extra = [float(a) for a in dict.fromkeys(cfg.sweep_alphas) if float(a) not in sweep]
+        if extra:
+            dirs = [str(root / "models" / "sweep" / f"alpha-{a:g}") for a in extra]
+            job = f"{sc.name}: merge sweep"
+            plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=[stable_dirs[(sc.name, 0)]],
+                                                     alphas=extra, outs=dirs),
+                                 deps=(f"{sc.name}: finetune-stable ft0",), inputs=theta0,
+                                 outputs=tuple(Path(d) / "config.json" for d in dirs), owns=tuple(Path(d) for d in dirs),
+                                 cost=len(extra)))
+            for a, d in zip(extra, dirs):
+                name = _name(sc.name, f"sweep α={a:g}", 0)
+                rows[f"sweep {a:g}"] = StudyRow(sc.name, f"sweep α={a:g}", P.ROLE_SWEEP, ((name, d),), alpha=a,
+                                                in_table=False)
+                made_by[name] = job
+                shared_cnn.add(name)
+                sweep[a] = name
+        plan.sweeps[sc.name] = {a: sweep[a] for a in sorted(float(x) for x in cfg.sweep_alphas)}
+        plan.rows += list(rows.values())
+        analyzed = [(P.PRETRAINED, cfg.model), rows["regular"].models[0], rows["stable"].models[0],
+                    rows["speech-ft"].models[0]]
+        plan.jobs.append(Job(f"{sc.name}: analyze", P._analyze,
+                             dict(models=[r for _, r in analyzed], names=[n.split(" / ")[-2] if " / " in n else n
+                                                                        for n, _ in analyzed],
+                                  task=sc.task, size=cfg.size, fsdd=cfg.fsdd, limit=cfg.analysis_limit,
+                                  out=str(root / "analysis")),
+                             deps=("prepare", f"{sc.name}: finetune-regular ft0", f"{sc.name}: merge ft0"),
+                             outputs=(root / "analysis" / "analysis.jsonl",), inputs=theta0, owns=(root / "analysis",),
+                             cost=60))
+
+    mt = cfg.multitask
+    if mt and mt.scenarios:
+        for method in mt.methods:
+            models = []
+            for k in range(cfg.ft_seeds):
+                mdir = out / "multitask" / f"{method}-ft{k}"
+                job = f"multitask: merge {method} ft{k}"
+                n = len(mt.scenarios)
+                opts = {"weights": [1.0 / n] * n} if method == "dare" else {}
+                if method in ("ties", "dare"):
+                    opts["density"] = mt.density
+                plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=[stable_dirs[(s, k)] for s in mt.scenarios],
+                                                         alphas=[mt.alpha], outs=[str(mdir)], method=method, options=opts),
+                                     deps=tuple(f"{s}: finetune-stable ft{k}" for s in mt.scenarios),
+                                     outputs=(mdir / "config.json",), inputs=theta0, owns=(mdir,), cost=2))
+                name = _name("multitask", MULTITASK_NAMES[method], k)
+                models.append((name, str(mdir)))
+                made_by[name] = job
+                shared_cnn.add(name)
+            plan.rows.append(StudyRow("multitask", MULTITASK_NAMES[method], P.ROLE_SPEECHFT, tuple(models),
+                                      alpha=mt.alpha))
+
+    probe_kw = dict(probe_dir=str(out / "probe"), seeds=cfg.probe_seeds, limit=cfg.probe_limit,
+                    epochs=cfg.probe_epochs, **data)
+    sweep_tasks = {sc.name: [t for t in dict.fromkeys((sc.task, *cfg.sweep_tasks)) if t in tasks] for sc in cfg.scenarios}
+    for task in tasks:
+        wanted = [(n, ref) for r in plan.rows for n, ref in r.models
+                  if r.in_table or task in sweep_tasks.get(r.scenario, [])]
+        shared = [(n, ref) for n, ref in wanted if n in shared_cnn]
+        plan.jobs.append(Job(f"extract / {task}", P._extract,
+                             dict(refs=[ref for _, ref in shared], task=task, size=cfg.size, fsdd=cfg.fsdd,
+                                  limit=cfg.probe_limit),
+                             deps=tuple(dict.fromkeys(["prepare"] + [made_by[n] for n, _ in shared if n in made_by])),
+                             inputs=theta0, cost=10 * len(shared)))
+        for n, ref in wanted:
+            deps = ("prepare",) + ((made_by[n],) if n in made_by else ()) + \
+                ((f"extract / {task}",) if n in shared_cnn else ())
+            plan.jobs.append(Job(f"probe {n} / {task}", P._probe, dict(name=n, ref=ref, task=task, **probe_kw),
+                                 deps=deps, outputs=(results,), inputs=theta0 if n == P.PRETRAINED else {},
+                                 cost=10 * cfg.probe_seeds))
+    for sc in cfg.scenarios:
+        if sweep_tasks[sc.name]:
+            models = plan.sweeps[sc.name]
+            root = out / "scenarios" / _slug(sc.name)
+            plan.jobs.append(Job(f"{sc.name}: sweep", P._sweep,
+                                 dict(models={f"{a:g}": n for a, n in models.items()}, tasks=sweep_tasks[sc.name],
+                                      results=str(results), out=str(root / "sweep")),
+                                 deps=tuple(f"probe {n} / {t}" for n in models.values() for t in sweep_tasks[sc.name]),
+                                 owns=(root / "sweep",), cost=2))
+    return plan
+
+
+def study(cfg: StudyConfig, out_dir: str | Path, quick: bool = False, workers: Optional[int] = None) -> Path:
+    """Run the study; returns the path of ``OUT/report.md``. Rerunning resumes (provenance-keyed)."""
+    from .models.io import load_encoder
+    from .report.study import write_study_report
+
+    if quick:
+        cfg = StudyConfig.quick(cfg)
+    out = Path(out_dir)
+    check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    tasks, dropped = P.available_tasks([*(s.task for s in cfg.scenarios), *cfg.tasks], cfg.fsdd)
+    if dropped:
+        log.warning("no FSDD copy found (pass --fsdd PATH or set SPEECHFT_FSDD): skipping %s", ", ".join(dropped))
+    missing = [s.name for s in cfg.scenarios if s.task not in tasks]
+    if missing:
+        raise ValueError(f"scenario(s) {', '.join(missing)} fine-tune on a task that is not available "
+                         f"(FSDD not found?): pass --fsdd PATH")
+    workers, threads = default_workers(workers)
+    plan = plan_study(cfg, out, tasks, model_fingerprint=load_encoder(cfg.model).fingerprint())
+    P._prune_records(P.Layout(out), plan.jobs)
+    stages = Stages(out)
+    log.info("study: %d scenarios, %d jobs on %d worker(s) x %d thread(s)", len(cfg.scenarios), len(plan.jobs),
+             workers, threads)
+    results = run_jobs(plan.jobs, stages, workers=workers, threads=threads)
+    current = {k for j in plan.jobs if j.fn is P._probe for k in results[j.name]}
+    report = write_study_report(out, cfg, plan, tasks, dropped, {j.name: stages.done[j.name] for j in plan.jobs},
+                                run_info={"workers": workers, "threads": threads, "jobs": len(plan.jobs)},
+                                probe_keys=current)
+    log.info("report written to %s", report)
+    return report

@@ -1,0 +1,145 @@
+"""Configuration of `speechft study`: the paper's experiment matrix in one YAML file.
+
+Shared settings (θ₀, probe suite, seeds, fine-tuning budget) plus named scenarios, each one
+fine-tuning task with its rows (regular FT, Stable-FT, Speech-FT and any baselines), and an optional
+multitask block merging the Stable-FT models of several scenarios. Frozen and validated: unknown
+keys, unknown scenario keys, unknown tasks and baselines are errors that name the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .utils.names import check_known_keys, read_yaml_mapping
+
+BASELINES = ("l2sp", "lora", "dora", "early")
+MULTITASK_METHODS = ("linear", "ties", "dare")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    task: str  # the fine-tuning task
+    baselines: tuple = ()  # any of BASELINES
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Multitask:
+    scenarios: tuple = ()  # names of the scenarios whose Stable-FT models are merged (same fine-tuning seed)
+    methods: tuple = MULTITASK_METHODS
+    alpha: float = 1.0  # θ₀ + α·mean τᵢ (the paper's multitask merge: the mean task vector)
+    density: float = 0.5  # ties / dare
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    model: str = "speechft-tiny"
+    tasks: tuple = ("lite-pr", "lite-asr", "lite-ks", "lite-sid", "lite-lid", "lite-ic", "lite-style", "fsdd-ks", "fsdd-sid")
+    scenarios: tuple = ()  # Scenario, ...
+    multitask: Optional[Multitask] = None
+    size: str = "default"
+    ft_seeds: int = 2
+    probe_seeds: int = 3
+    baseline_ft_seeds: int = 1  # baselines are single-seed by default (their cost is the same per seed)
+    ft_steps: int = 300
+    ft_lr: float = 1e-4
+    ft_batch_seconds: float = 8.0
+    beta: float = 0.1
+    alpha: float = 0.25
+    l2sp_lambda: float = 1.0
+    lora_rank: int = 8
+    early_step: int = 100  # the early-stop baseline: Stable-FT's encoder at this step
+    sweep_alphas: tuple = (0.0, 0.25, 0.5, 1.0)  # per scenario, on fine-tuning seed 0
+    sweep_tasks: tuple = ()  # besides each scenario's own task
+    probe_epochs: Optional[int] = None
+    probe_limit: Optional[int] = None
+    analysis_limit: int = 60
+    fsdd: Optional[str] = None
+
+    @classmethod
+    def load(cls, path: Optional[str | Path] = None, **overrides) -> "StudyConfig":
+        from .tasks import get_task
+
+        where = str(path) if path is not None else "study config"
+        data = read_yaml_mapping(path) if path is not None else {}
+        check_known_keys(data, [f.name for f in fields(cls)], where)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        for k in ("tasks", "sweep_alphas", "sweep_tasks"):
+            if isinstance(data.get(k), list):
+                data[k] = tuple(data[k])
+        scen = []
+        for i, s in enumerate(data.get("scenarios") or []):
+            if not isinstance(s, dict):
+                raise ValueError(f"{where}: scenarios[{i}] must be a mapping with name and task")
+            check_known_keys(s, [f.name for f in fields(Scenario)], f"{where}: scenarios[{i}]", "scenario key")
+            if "name" not in s or "task" not in s:
+                raise ValueError(f"{where}: scenarios[{i}] needs a name and a task")
+            get_task(s["task"])
+            bad = [b for b in s.get("baselines") or [] if b not in BASELINES]
+            if bad:
+                raise ValueError(f"{where}: scenario {s['name']}: unknown baseline(s) {bad}; known: {', '.join(BASELINES)}")
+            scen.append(Scenario(name=str(s["name"]), task=s["task"], baselines=tuple(s.get("baselines") or ()),
+                                 description=str(s.get("description", ""))))
+        names = [s.name for s in scen]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{where}: scenario names must be unique, got {names}")
+        data["scenarios"] = tuple(scen)
+        mt = data.get("multitask")
+        if mt:
+            check_known_keys(mt, [f.name for f in fields(Multitask)], f"{where}: multitask", "multitask key")
+            unknown = [s for s in mt.get("scenarios", []) if s not in names]
+            if unknown:
+                raise ValueError(f"{where}: multitask: unknown scenario(s) {unknown}; known: {', '.join(names)}")
+            bad = [m for m in mt.get("methods", MULTITASK_METHODS) if m not in MULTITASK_METHODS]
+            if bad:
+                raise ValueError(f"{where}: multitask: unknown method(s) {bad}; known: {', '.join(MULTITASK_METHODS)}")
+            data["multitask"] = Multitask(scenarios=tuple(mt.get("scenarios", names)),
+                                          methods=tuple(mt.get("methods", MULTITASK_METHODS)),
+                                          alpha=float(mt.get("alpha", 1.0)), density=float(mt.get("density", 0.5)))
+        cfg = cls(**data)
+        for t in cfg.tasks:
+            get_task(t)
+        if not cfg.scenarios:
+            raise ValueError(f"{where}: at least one scenario is needed")
+        if cfg.ft_seeds < 1 or cfg.probe_seeds < 1 or cfg.baseline_ft_seeds < 1:
+            raise ValueError(f"{where}: ft_seeds, probe_seeds and baseline_ft_seeds must be at least 1")
+        return cfg
+
+    @classmethod
+    def default(cls) -> "StudyConfig":
+        """The built-in study (the same as ``configs/study.yaml``; a test keeps them equal)."""
+        scen = (Scenario("content", "lite-asr", ("l2sp", "lora", "dora", "early"),
+                         "Supervised fine-tuning on characters of synthetic English (the paper's ASR case)."),
+                Scenario("speaker", "lite-sid", ("l2sp", "lora", "dora", "early"),
+                         "Supervised fine-tuning on speaker identity."),
+                Scenario("paralinguistic", "lite-style", (),
+                         "Supervised fine-tuning on speaking style (the emotion-recognition analogue)."),
+                Scenario("real-speech", "fsdd-ks", (), "Supervised fine-tuning on real recorded digits (FSDD)."))
+        return cls(scenarios=scen, multitask=Multitask(scenarios=tuple(s.name for s in scen)))
+
+    @classmethod
+    def quick(cls, base: "StudyConfig") -> "StudyConfig":
+        """The CI-sized variant: quick lite data, few steps, short probes; every section still produced."""
+        scen = tuple(dataclasses.replace(s, baselines=tuple(b for b in s.baselines if b in ("l2sp", "early")))
+                     for s in base.scenarios)
+        tasks = tuple(dict.fromkeys(s.task for s in scen))  # the probe suite shrinks to the scenarios' tasks
+        return dataclasses.replace(base, size="quick", ft_steps=min(base.ft_steps, 12), probe_epochs=2,
+                                   ft_seeds=min(base.ft_seeds, 2), probe_seeds=min(base.probe_seeds, 2),
+                                   baseline_ft_seeds=1, scenarios=scen, tasks=tasks, sweep_tasks=(),
+                                   early_step=min(base.early_step, 6), sweep_alphas=(0.0, 0.5, 1.0), analysis_limit=8)
+
+    def to_yaml(self) -> str:
+        def plain(v):
+            if dataclasses.is_dataclass(v):
+                return {k: plain(x) for k, x in dataclasses.asdict(v).items()}
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            return v
+
+        return yaml.safe_dump({f.name: plain(getattr(self, f.name)) for f in fields(self)}, sort_keys=False,
+                              allow_unicode=True)

@@ -1,0 +1,70 @@
+"""`speechft study`: config validation, the plan's structure, and a tiny end-to-end run."""
+import dataclasses
+
+import pytest
+
+from speechft.study import plan_study
+from speechft.study_config import Multitask, Scenario, StudyConfig
+from speechft.utils.io import read_jsonl
+
+
+def test_shipped_config_is_the_built_in_study():
+    assert StudyConfig.load("configs/study.yaml") == StudyConfig.default()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ft_seedz: 2\nscenarios: [{name: a, task: lite-ks}]\n", "did you mean 'ft_seeds'"),
+    ("scenarios: [{name: a, task: lite-ks, baselines: [l2s]}]\n", "unknown baseline"),
+    ("scenarios: [{name: a, task: lite-kz}]\n", "lite-ks"),
+    ("scenarios: [{name: a, task: lite-ks}]\nmultitask: {scenarios: [b]}\n", "unknown scenario"),
+    ("scenarios: []\n", "at least one scenario"),
+])
+def test_config_errors_name_the_file_and_the_key(tmp_path, text, message):
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    with pytest.raises((ValueError, KeyError), match=message):
+        StudyConfig.load(p)
+
+
+def test_plan_pools_fine_tuning_seeds_and_merges_stable_models_for_multitask(tmp_path):
+    cfg = StudyConfig(scenarios=(Scenario("a", "lite-ks", ("l2sp", "early")), Scenario("b", "lite-style")),
+                      multitask=Multitask(scenarios=("a", "b"), methods=("linear", "ties")), ft_seeds=2,
+                      baseline_ft_seeds=1, tasks=("lite-ks", "lite-style"), sweep_alphas=(0.0, 0.25, 0.5, 1.0))
+    plan = plan_study(cfg, tmp_path, ["lite-ks", "lite-style"])
+    by = {j.name: j for j in plan.jobs}
+    rows = {r.label: r for r in plan.rows}
+    assert [n for n, _ in rows["a / regular FT"].models] == ["a / regular FT / ft0", "a / regular FT / ft1"]
+    assert len(rows["a / L2-SP"].models) == 1 and len(rows["a / Speech-FT (α=0.25)"].models) == 2
+    assert by["a: finetune-stable ft1"].kwargs["options"]["seed"] == 1
+    assert by["a: finetune-stable ft0"].kwargs["options"]["save_every"] == cfg.early_step
+    assert set(by["multitask: merge ties ft1"].deps) == {"a: finetune-stable ft1", "b: finetune-stable ft1"}
+    # θ₀ and FBANK are probed once for every scenario
+    assert sum(1 for n in by if n.startswith("probe pre-trained / ")) == 2
+    # the sweep of a scenario uses θ₀, Stable-FT ft0, Speech-FT ft0 and the one new α
+    assert plan.sweeps["a"] == {0.0: "pre-trained", 0.25: "a / Speech-FT (α=0.25) / ft0", 0.5: "a / sweep α=0.5 / ft0",
+                                1.0: "a / Stable-FT / ft0"}
+    assert not rows["a / sweep α=0.5"].in_table
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_every_section_and_resume(tmp_path, tiny_model_dir, lite_quick, monkeypatch):
+    from speechft.study import study
+
+    cfg = StudyConfig(model=str(tiny_model_dir), tasks=("lite-ks", "lite-style"),
+                      scenarios=(Scenario("a", "lite-ks", ("l2sp",)), Scenario("b", "lite-style")),
+                      multitask=Multitask(scenarios=("a", "b"), methods=("linear", "ties")), ft_seeds=2, probe_seeds=2,
+                      ft_steps=4, ft_batch_seconds=6.0, size="quick", probe_epochs=1, analysis_limit=6,
+                      sweep_alphas=(0.0, 1.0))
+    out = tmp_path / "study"
+    text = study(cfg, out, workers=1).read_text()
+    for section in ("## Summary", "### The paper's figures", "## Scenario a", "## Scenario b", "## Multitask",
+                    "## Interval widths", "## Timings", "| a (lite-ks) | Speech-FT (α=0.25) |", "| b / Stable-FT |"):
+        assert section in text, section
+    recs = read_jsonl(out / "probe" / "results.jsonl")
+    assert {r["seed"] for r in recs} == {0, 1}
+    assert sum(r["model"] == "pre-trained" for r in recs) == 4  # 2 tasks x 2 probe seeds, shared by both scenarios
+    done = sum(r["status"] == "done" for r in read_jsonl(out / "stages.jsonl"))
+    calls = []
+    monkeypatch.setattr("speechft.finetune.finetune", lambda *a, **k: calls.append(a))
+    study(dataclasses.replace(cfg), out, workers=1)
+    assert calls == [] and sum(r["status"] == "done" for r in read_jsonl(out / "stages.jsonl")) == done + 1  # prepare
