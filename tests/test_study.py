@@ -18,6 +18,9 @@ def test_shipped_config_is_the_built_in_study():
     ("scenarios: [{name: a, task: lite-kz}]\n", "lite-ks"),
     ("scenarios: [{name: a, task: lite-ks}]\nmultitask: {scenarios: [b]}\n", "unknown scenario"),
     ("scenarios: []\n", "at least one scenario"),
+    ("scenarios: [{name: u, kind: unsupervised, languages: [xx]}]\n", "languages must be codes"),
+    ("scenarios: [{name: a, task: lite-ks}, {name: u, kind: unsupervised, languages: [sw]}]\n"
+     "multitask: {scenarios: [u]}\n", "known supervised ones: a"),
 ])
 def test_config_errors_name_the_file_and_the_key(tmp_path, text, message):
     p = tmp_path / "s.yaml"
@@ -47,17 +50,23 @@ def test_plan_pools_fine_tuning_seeds_and_merges_stable_models_for_multitask(tmp
 
 
 @pytest.mark.slow
-def test_tiny_study_end_to_end_every_section_and_resume(tmp_path, tiny_model_dir, lite_quick, monkeypatch):
+def test_tiny_study_end_to_end_every_section_and_resume(tmp_path, lite_quick, monkeypatch):
+    from conftest import make_tiny_encoder
+    from speechft.models.io import save_encoder
     from speechft.study import study
 
-    cfg = StudyConfig(model=str(tiny_model_dir), tasks=("lite-ks", "lite-style"),
-                      scenarios=(Scenario("a", "lite-ks", ("l2sp",)), Scenario("b", "lite-style")),
+    theta0 = tmp_path / "theta0"  # with masked_spec_embed, as pre-trained HuBERTs (and continued pre-training) have
+    save_encoder(make_tiny_encoder(mask_time_prob=0.05), theta0)
+    cfg = StudyConfig(model=str(theta0), tasks=("lite-ks", "lite-style"),
+                      scenarios=(Scenario("a", "lite-ks", ("l2sp",)), Scenario("b", "lite-style"),
+                                 Scenario("u", kind="unsupervised", languages=("sw", "vi"), hours=0.01, steps=3)),
                       multitask=Multitask(scenarios=("a", "b"), methods=("linear", "ties")), ft_seeds=2, probe_seeds=2,
                       ft_steps=4, ft_batch_seconds=6.0, size="quick", probe_epochs=1, analysis_limit=6,
                       sweep_alphas=(0.0, 1.0))
     out = tmp_path / "study"
     text = study(cfg, out, workers=1).read_text()
-    for section in ("## Summary", "### The paper's figures", "## Scenario a", "## Scenario b", "## Multitask",
+    for section in ("## Summary", "### The paper's figures", "## Scenario a", "## Scenario b",
+                    "## Scenario u: continued pre-training on sw, vi", "| u / continued (α=1) |", "## Multitask",
                     "## Interval widths", "## Timings", "| a (lite-ks) | Speech-FT (α=0.25) |", "| b / Stable-FT |"):
         assert section in text, section
     recs = read_jsonl(out / "probe" / "results.jsonl")
@@ -67,4 +76,5 @@ def test_tiny_study_end_to_end_every_section_and_resume(tmp_path, tiny_model_dir
     calls = []
     monkeypatch.setattr("speechft.finetune.finetune", lambda *a, **k: calls.append(a))
     study(dataclasses.replace(cfg), out, workers=1)
-    assert calls == [] and sum(r["status"] == "done" for r in read_jsonl(out / "stages.jsonl")) == done + 1  # prepare
+    # only the two cheap always-run jobs (data preparation, the unsupervised audio) record a run
+    assert calls == [] and sum(r["status"] == "done" for r in read_jsonl(out / "stages.jsonl")) == done + 2

@@ -73,6 +73,66 @@ def _options(cfg: StudyConfig, recipe: str, seed: int) -> dict:
     return kw
 
 
+def unlabelled_dir(languages, hours: float, seed: int = 0) -> Path:
+    """Where the unsupervised scenario's audio is synthesised (in the data home, cached by its options)."""
+    from .paths import data_home
+
+    return data_home() / f"pretrain-lite-{'-'.join(languages)}-{hours:g}h-seed{seed}"
+
+
+def _prepare_audio(languages: list, hours: float, out: str) -> str:
+    """Unlabelled speech in ``languages`` (pretrain-lite); the digest of its manifests."""
+    from .corpora import pretrain_lite
+    from .utils.provenance import file_digest, key_of
+
+    paths = pretrain_lite.prepare(out, hours=hours, seed=0, languages=list(languages))
+    return key_of({s: file_digest(p) for s, p in paths["pretrain"].items()})
+
+
+def _continue_pretraining(model: str, audio: str, steps: int, lr: float, seed: int, out: str) -> str:
+    """Continued HuBERT pre-training of θ₀ on ``audio`` (θ₀'s own k-means targets and pre-training head
+    when it ships them, as ``speechft pretrain --init``); the digest of the encoder it wrote."""
+    from .pretrain import PretrainConfig, pretrain
+    from .utils.provenance import dir_digest
+
+    cfg = PretrainConfig(unmasked_weight=1.0, steps=steps, lr=lr, batch_seconds=12.0, max_seconds=3.0, min_seconds=0.25,
+                         seed=seed, checkpoint_every=100, dev_every=0)
+    audio_dir = Path(audio) / "pretrain"
+    pretrain(str(audio_dir / "train.jsonl"), out, dev=str(audio_dir / "dev.jsonl"), config=cfg, init=model,
+             resume=(Path(out) / "checkpoint.pt").exists())
+    return dir_digest(Path(out) / "encoder")
+
+
+def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: dict, made_by: dict) -> None:
+    """Rows of a cross-lingual scenario: continued pre-training (α = 1) and its Speech-FT merge."""
+    root = out / "scenarios" / _slug(sc.name)
+    audio = unlabelled_dir(sc.languages, sc.hours)
+    prep = f"{sc.name}: prepare audio"
+    plan.jobs.append(Job(prep, _prepare_audio, dict(languages=list(sc.languages), hours=sc.hours, out=str(audio)),
+                         always=True, cost=30))
+    cont, sft = [], []
+    for k in range(cfg.ft_seeds):
+        rdir = root / "pretrain" / f"continued-ft{k}"
+        job = f"{sc.name}: continued pre-training ft{k}"
+        plan.jobs.append(Job(job, _continue_pretraining, dict(model=cfg.model, audio=str(audio), steps=sc.steps, lr=sc.lr,
+                                                              seed=k, out=str(rdir)),
+                             deps=(prep,), outputs=(rdir / "encoder" / "config.json",), inputs=theta0, owns=(rdir,),
+                             cost=0.8 * sc.steps))
+        name = _name(sc.name, "continued (α=1)", k)
+        cont.append((name, str(rdir / "encoder")))
+        made_by[name] = job
+        mdir = root / "models" / f"speech-ft-ft{k}"
+        mjob = f"{sc.name}: merge ft{k}"
+        plan.jobs.append(Job(mjob, P._merge, dict(model=cfg.model, finetuned=[str(rdir / "encoder")],
+                                                  alphas=[float(cfg.alpha)], outs=[str(mdir)]),
+                             deps=(job,), outputs=(mdir / "config.json",), inputs=theta0, owns=(mdir,), cost=1))
+        name = _name(sc.name, f"{P.SPEECHFT} (α={cfg.alpha:g})", k)
+        sft.append((name, str(mdir)))
+        made_by[name] = mjob
+    plan.rows += [StudyRow(sc.name, "continued (α=1)", P.ROLE_STABLE, tuple(cont), alpha=1.0),
+                  StudyRow(sc.name, f"{P.SPEECHFT} (α={cfg.alpha:g})", P.ROLE_SPEECHFT, tuple(sft), alpha=float(cfg.alpha))]
+
+
 def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint: str = "") -> StudyPlan:
     """The job graph and rows of one study (``tasks``: the probe suite actually available)."""
     out = Path(out)
@@ -80,7 +140,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
     theta0 = {"model": model_fingerprint}
     data = dict(size=cfg.size, fsdd=cfg.fsdd)
     results = out / "probe" / "results.jsonl"
-    ft_tasks = list(dict.fromkeys(s.task for s in cfg.scenarios))
+    ft_tasks = list(dict.fromkeys(s.task for s in cfg.scenarios if s.task))
     plan.jobs.append(Job("prepare", P._prepare, dict(tasks=list(dict.fromkeys(ft_tasks + list(tasks))), **data),
                          always=True, cost=15))
     plan.rows += [StudyRow("", P.FBANK, P.ROLE_FBANK, ((P.FBANK, "fbank"),)),
@@ -90,6 +150,9 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
     stable_dirs: dict = {}  # (scenario, seed) -> Stable-FT encoder dir
 
     for sc in cfg.scenarios:
+        if sc.kind == "unsupervised":
+            _plan_unsupervised(cfg, sc, out, plan, theta0, made_by)
+            continue
         root = out / "scenarios" / _slug(sc.name)
         recipes = ["regular", "stable"] + [b for b in sc.baselines if b in METHOD_NAMES]
         rows: dict = {}
@@ -191,7 +254,8 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
 
     probe_kw = dict(probe_dir=str(out / "probe"), seeds=cfg.probe_seeds, limit=cfg.probe_limit,
                     epochs=cfg.probe_epochs, **data)
-    sweep_tasks = {sc.name: [t for t in dict.fromkeys((sc.task, *cfg.sweep_tasks)) if t in tasks] for sc in cfg.scenarios}
+    sweep_tasks = {sc.name: [t for t in dict.fromkeys((sc.task, *cfg.sweep_tasks)) if t in tasks]
+                   for sc in cfg.scenarios if sc.kind == "supervised"}
     for task in tasks:
         wanted = [(n, ref) for r in plan.rows for n, ref in r.models
                   if r.in_table or task in sweep_tasks.get(r.scenario, [])]
@@ -208,7 +272,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
                                  deps=deps, outputs=(results,), inputs=theta0 if n == P.PRETRAINED else {},
                                  cost=10 * cfg.probe_seeds))
     for sc in cfg.scenarios:
-        if sweep_tasks[sc.name]:
+        if sweep_tasks.get(sc.name):
             models = plan.sweeps[sc.name]
             root = out / "scenarios" / _slug(sc.name)
             plan.jobs.append(Job(f"{sc.name}: sweep", P._sweep,
@@ -230,10 +294,10 @@ def study(cfg: StudyConfig, out_dir: str | Path, quick: bool = False, workers: O
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    tasks, dropped = P.available_tasks([*(s.task for s in cfg.scenarios), *cfg.tasks], cfg.fsdd)
+    tasks, dropped = P.available_tasks([*(s.task for s in cfg.scenarios if s.task), *cfg.tasks], cfg.fsdd)
     if dropped:
         log.warning("no FSDD copy found (pass --fsdd PATH or set SPEECHFT_FSDD): skipping %s", ", ".join(dropped))
-    missing = [s.name for s in cfg.scenarios if s.task not in tasks]
+    missing = [s.name for s in cfg.scenarios if s.task and s.task not in tasks]
     if missing:
         raise ValueError(f"scenario(s) {', '.join(missing)} fine-tune on a task that is not available "
                          f"(FSDD not found?): pass --fsdd PATH")

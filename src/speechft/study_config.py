@@ -20,12 +20,20 @@ BASELINES = ("l2sp", "lora", "dora", "early")
 MULTITASK_METHODS = ("linear", "ties", "dare")
 
 
+KINDS = ("supervised", "unsupervised")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    task: str  # the fine-tuning task
-    baselines: tuple = ()  # any of BASELINES
+    task: Optional[str] = None  # supervised: the fine-tuning task
+    baselines: tuple = ()  # supervised: any of BASELINES
     description: str = ""
+    kind: str = "supervised"  # unsupervised: continued HuBERT pre-training of θ₀ (`pretrain --init`) on new audio
+    languages: tuple = ()  # unsupervised: pretrain-lite languages of that audio (e.g. the unseen ones)
+    hours: float = 0.5  # unsupervised: hours of that audio
+    steps: int = 300  # unsupervised: continued pre-training steps
+    lr: float = 2e-4  # unsupervised: peak learning rate of the continued pre-training
 
 
 @dataclass(frozen=True)
@@ -77,14 +85,30 @@ class StudyConfig:
             if not isinstance(s, dict):
                 raise ValueError(f"{where}: scenarios[{i}] must be a mapping with name and task")
             check_known_keys(s, [f.name for f in fields(Scenario)], f"{where}: scenarios[{i}]", "scenario key")
-            if "name" not in s or "task" not in s:
-                raise ValueError(f"{where}: scenarios[{i}] needs a name and a task")
-            get_task(s["task"])
+            kind = s.get("kind", "supervised")
+            if kind not in KINDS:
+                raise ValueError(f"{where}: scenarios[{i}]: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+            if "name" not in s or (kind == "supervised" and "task" not in s):
+                raise ValueError(f"{where}: scenarios[{i}] needs a name and (supervised) a task")
+            if kind == "supervised":
+                get_task(s["task"])
+            else:
+                from .corpora import text
+
+                known = text.all_languages()
+                bad = [c for c in s.get("languages") or [] if c not in known]
+                if bad or not s.get("languages"):
+                    raise ValueError(f"{where}: scenario {s['name']}: languages must be codes among "
+                                     f"{', '.join(known)} (got {s.get('languages')})")
+                if s.get("baselines"):
+                    raise ValueError(f"{where}: scenario {s['name']}: baselines apply to supervised scenarios only")
             bad = [b for b in s.get("baselines") or [] if b not in BASELINES]
             if bad:
                 raise ValueError(f"{where}: scenario {s['name']}: unknown baseline(s) {bad}; known: {', '.join(BASELINES)}")
-            scen.append(Scenario(name=str(s["name"]), task=s["task"], baselines=tuple(s.get("baselines") or ()),
-                                 description=str(s.get("description", ""))))
+            scen.append(Scenario(name=str(s["name"]), task=s.get("task"), baselines=tuple(s.get("baselines") or ()),
+                                 description=str(s.get("description", "")), kind=kind,
+                                 languages=tuple(s.get("languages") or ()), hours=float(s.get("hours", 0.5)),
+                                 steps=int(s.get("steps", 300)), lr=float(s.get("lr", 2e-4))))
         names = [s.name for s in scen]
         if len(set(names)) != len(names):
             raise ValueError(f"{where}: scenario names must be unique, got {names}")
@@ -92,13 +116,15 @@ class StudyConfig:
         mt = data.get("multitask")
         if mt:
             check_known_keys(mt, [f.name for f in fields(Multitask)], f"{where}: multitask", "multitask key")
-            unknown = [s for s in mt.get("scenarios", []) if s not in names]
+            supervised = [x.name for x in scen if x.kind == "supervised"]
+            unknown = [s for s in mt.get("scenarios", []) if s not in supervised]
             if unknown:
-                raise ValueError(f"{where}: multitask: unknown scenario(s) {unknown}; known: {', '.join(names)}")
+                raise ValueError(f"{where}: multitask: unknown scenario(s) {unknown}; known supervised ones: "
+                                 f"{', '.join(supervised)}")
             bad = [m for m in mt.get("methods", MULTITASK_METHODS) if m not in MULTITASK_METHODS]
             if bad:
                 raise ValueError(f"{where}: multitask: unknown method(s) {bad}; known: {', '.join(MULTITASK_METHODS)}")
-            data["multitask"] = Multitask(scenarios=tuple(mt.get("scenarios", names)),
+            data["multitask"] = Multitask(scenarios=tuple(mt.get("scenarios", supervised)),
                                           methods=tuple(mt.get("methods", MULTITASK_METHODS)),
                                           alpha=float(mt.get("alpha", 1.0)), density=float(mt.get("density", 0.5)))
         cfg = cls(**data)
@@ -120,14 +146,18 @@ class StudyConfig:
                 Scenario("paralinguistic", "lite-style", (),
                          "Supervised fine-tuning on speaking style (the emotion-recognition analogue)."),
                 Scenario("real-speech", "fsdd-ks", (), "Supervised fine-tuning on real recorded digits (FSDD)."))
-        return cls(scenarios=scen, multitask=Multitask(scenarios=tuple(s.name for s in scen)))
+        unsup = Scenario("cross-lingual", None, (), "Unsupervised fine-tuning: continued HuBERT pre-training of θ₀ on "
+                         "speech in six languages it never heard (hu, tr, sw, id, cs, vi), then Speech-FT's merge.",
+                         kind="unsupervised", languages=("hu", "tr", "sw", "id", "cs", "vi"), hours=0.5, steps=300)
+        return cls(scenarios=scen + (unsup,), multitask=Multitask(scenarios=tuple(s.name for s in scen)), size="study")
 
     @classmethod
     def quick(cls, base: "StudyConfig") -> "StudyConfig":
         """The CI-sized variant: quick lite data, few steps, short probes; every section still produced."""
-        scen = tuple(dataclasses.replace(s, baselines=tuple(b for b in s.baselines if b in ("l2sp", "early")))
+        scen = tuple(dataclasses.replace(s, baselines=tuple(b for b in s.baselines if b in ("l2sp", "early")),
+                                         hours=min(s.hours, 0.02), steps=min(s.steps, 6))
                      for s in base.scenarios)
-        tasks = tuple(dict.fromkeys(s.task for s in scen))  # the probe suite shrinks to the scenarios' tasks
+        tasks = tuple(dict.fromkeys(s.task for s in scen if s.task))  # the probe suite shrinks to the scenarios' tasks
         return dataclasses.replace(base, size="quick", ft_steps=min(base.ft_steps, 12), probe_epochs=2,
                                    ft_seeds=min(base.ft_seeds, 2), probe_seeds=min(base.probe_seeds, 2),
                                    baseline_ft_seeds=1, scenarios=scen, tasks=tasks, sweep_tasks=(),

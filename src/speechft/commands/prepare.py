@@ -12,13 +12,13 @@ from ._common import split_csv, user_errors
 CORPUS_OPTIONS = {
     "lite": ("size", "seed", "jobs", "tasks"),
     "fsdd": ("size",),
-    "pretrain-lite": ("hours", "seed", "jobs"),
+    "pretrain-lite": ("hours", "seed", "jobs", "languages"),
     "librispeech": ("lexicon",),
     "iemocap": ("fold",),
     "speechcommands": ("test_root",),
 }
 _FLAGS = {"size": "--size/--quick", "seed": "--seed", "jobs": "--jobs", "tasks": "--tasks", "hours": "--hours",
-          "lexicon": "--lexicon", "fold": "--fold", "test_root": "--test-root"}
+          "lexicon": "--lexicon", "fold": "--fold", "test_root": "--test-root", "languages": "--languages"}
 
 
 def corpus_options(corpus: str, given: dict) -> dict:
@@ -39,7 +39,7 @@ def command(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: $SPEECHFT_HOME/<corpus>, "
                                        "quick size: $SPEECHFT_HOME/lite-quick, fsdd-quick)."),
     quick: bool = typer.Option(False, "--quick", help="lite, fsdd: the small size used by tests and reproduce --quick (same as --size quick)."),
-    size: Optional[str] = typer.Option(None, "--size", help="lite, fsdd: quick or default."),
+    size: Optional[str] = typer.Option(None, "--size", help="lite, fsdd: quick, default or study (larger test sets)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="lite, pretrain-lite: random seed of the synthesis "
                                        "(default 0; same seed gives identical data)."),
     hours: Optional[float] = typer.Option(None, "--hours", help="pretrain-lite: hours of training audio (default 1)."),
@@ -50,6 +50,9 @@ def command(
                                              "set archive, extracted (SUPERB's test split)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="lite, pretrain-lite: parallel espeak-ng processes "
                                        "(default 2)."),
+    languages: Optional[str] = typer.Option(None, "--languages", help="pretrain-lite: comma-separated language "
+                                            "codes (default: the 10 lite languages; also hu, tr, sw, id, cs, vi, "
+                                            "which no lite task and no speechft-tiny pre-training uses)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="lite: comma-separated subset of tasks "
                                         "(default: all seven)."),
 ) -> None:
@@ -66,7 +69,8 @@ def command(
         spec = get_corpus(corpus)
         options = corpus_options(corpus, {"size": size, "seed": seed, "jobs": jobs, "tasks": split_csv(tasks) or None,
                                           "hours": hours, "lexicon": str(lexicon) if lexicon else None, "fold": fold,
-                                          "test_root": str(test_root) if test_root else None})
+                                          "test_root": str(test_root) if test_root else None,
+                                          "languages": split_csv(languages) or None})
         if root is None and corpus == "fsdd":
             root = default_fsdd_root()
         if root is None and spec.needs_root:

@@ -48,9 +48,9 @@ def _voices() -> list[str]:
 
 
 def _resolve_languages(languages: Optional[Iterable[str]]) -> list[str]:
-    known = text.languages()
+    known = text.all_languages()
     if languages is None:
-        return list(known)
+        return list(text.languages())
     if isinstance(languages, str):
         languages = [x.strip() for x in languages.split(",") if x.strip()]
     out = list(dict.fromkeys(languages))
@@ -64,7 +64,7 @@ def _resolve_languages(languages: Optional[Iterable[str]]) -> list[str]:
 
 def _job(rng: random.Random, uid: str, wav: Path, langs: list[str], variants: list[str],
          seed: int) -> tuple[espeak.SynthJob, str]:
-    known = text.languages()
+    known = text.all_languages()
     # English gets half of the utterances when it is among the languages (the benchmark is mostly English).
     if "en" in langs and (len(langs) == 1 or rng.random() < 0.5):
         code = "en"

@@ -19,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ENGLISH_FILE = HERE / "lite_english.txt"
 LANGUAGES_FILE = HERE / "lite_languages.txt"
+UNSEEN_LANGUAGES_FILE = HERE / "unseen_languages.txt"
 
 # ---------------------------------------------------------------------------------------------
 # English grammar
@@ -186,7 +187,27 @@ class Language:
 
 @functools.lru_cache(maxsize=1)
 def languages() -> dict[str, Language]:
-    """``code -> Language`` from ``lite_languages.txt``, in file order."""
+    """``code -> Language`` from ``lite_languages.txt``, in file order (the lite tasks' languages)."""
+    return _read_languages(LANGUAGES_FILE)
+
+
+@functools.lru_cache(maxsize=1)
+def unseen_languages() -> dict[str, Language]:
+    """``code -> Language`` from ``unseen_languages.txt``: languages no lite task and no pre-training of
+    speechft-tiny uses (the study's cross-lingual continued pre-training)."""
+    out = _read_languages(UNSEEN_LANGUAGES_FILE)
+    clash = sorted(set(out) & set(languages()))
+    if clash:
+        raise TextSourceError(f"{UNSEEN_LANGUAGES_FILE}: {', '.join(clash)} also in {LANGUAGES_FILE.name}")
+    return out
+
+
+def all_languages() -> dict[str, Language]:
+    return {**languages(), **unseen_languages()}
+
+
+def _read_languages(path: Path) -> dict[str, Language]:
+    LANGUAGES_FILE = path  # noqa: N806 - the messages below name the file read
     rows: dict[str, dict] = {}
     for lineno, line in enumerate(LANGUAGES_FILE.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 SCHEMA_VERSION = 2  # 2: provenance keys (key, group_key, data_key, provenance)
-SIZES = ("default", "quick")
+SIZES = ("default", "quick", "study")  # lite/FSDD data sizes (corpora.lite.SIZES); quick also trains fewer epochs
 
 
 @functools.lru_cache(maxsize=1)

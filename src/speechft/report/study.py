@@ -51,15 +51,18 @@ def summary_matrix(res: Results, cfg, plan, tasks: Sequence[str]) -> list[str]:
     lines = ["| scenario | method | Δ fine-tuning task vs pre-trained | Δ score on the other tasks vs pre-trained | "
              "Δ other tasks vs regular FT |", "|---|---|---|---|---|"]
     for sc in cfg.scenarios:
+        unsup = sc.kind == "unsupervised"
         others = [t for t in tasks if t != sc.task]
-        reg = f"{sc.name} / regular FT"
+        base = f"{sc.name} / continued (α=1)" if unsup else f"{sc.name} / regular FT"
         for r in plan.rows:
             if r.scenario != sc.name or not r.in_table:
                 continue
-            ft = _delta(res, r.label, "pre-trained", sc.task) or "–"
-            ot = _score_delta(res, r.label, "pre-trained", others) or "–"
-            vr = "" if r.label == reg else (_score_delta(res, r.label, reg, others) or "–")
-            lines.append(f"| {sc.name} ({sc.task}) | {r.method} | {ft} | {ot} | {vr} |")
+            ft = "–" if unsup else (_delta(res, r.label, "pre-trained", sc.task) or "–")
+            ot = (_score_delta(res, r.label, "pre-trained", others) or "–") + (" (all tasks)" if unsup else "")
+            vr = "" if r.label == base else (_score_delta(res, r.label, base, others) or "–") + \
+                (" (vs continued)" if unsup else "")
+            what = f"{sc.name} (continued pre-training: {', '.join(sc.languages)})" if unsup else f"{sc.name} ({sc.task})"
+            lines.append(f"| {what} | {r.method} | {ft} | {ot} | {vr} |")
     mt = [r for r in plan.rows if r.scenario == "multitask"]
     if mt:
         for r in mt:
@@ -111,15 +114,28 @@ def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequ
     for sc in cfg.scenarios:
         rows = [r for r in table_rows if r.scenario in ("", sc.name)]
         labels = [r.label for r in rows]
-        lines += [f"## Scenario {sc.name}: fine-tuning on {sc.task}", ""]
+        if sc.kind == "unsupervised":
+            lines += [f"## Scenario {sc.name}: continued pre-training on {', '.join(sc.languages)} "
+                      f"({sc.hours:g} h, {sc.steps} steps)", ""]
+        else:
+            lines += [f"## Scenario {sc.name}: fine-tuning on {sc.task}", ""]
         if sc.description:
             lines += [sc.description, ""]
         lines += ["Test metrics in %, 95 % intervals in brackets; score over all tasks.", "",
                   render_table(res, labels, tasks), ""]
-        names = {"pre": "pre-trained", "regular": f"{sc.name} / regular FT", "stable": f"{sc.name} / Stable-FT",
-                 "speechft": next(r.label for r in rows if r.role == "speech-ft"),
-                 "tuned": [r.label for r in rows if r.scenario == sc.name]}
-        lines += [f"- {s}" for s in summarize(res, tasks, sc.task, names)] + [""]
+        if sc.kind == "unsupervised":
+            cont, sft = (next(r.label for r in rows if r.role == role) for role in ("stable", "speech-ft"))
+            for a, b in ((cont, "pre-trained"), (sft, "pre-trained"), (sft, cont)):
+                d = res.score_difference(a, b, tasks)
+                if d is not None:
+                    lines.append(f"- On all tasks, {a} {_verdict(d, 'is above', 'is below')} {b} "
+                                 f"(difference {d.mean:+.0f} points, 95 % CI [{d.lo:+.0f}, {d.hi:+.0f}]).")
+            lines.append("")
+        else:
+            names = {"pre": "pre-trained", "regular": f"{sc.name} / regular FT", "stable": f"{sc.name} / Stable-FT",
+                     "speechft": next(r.label for r in rows if r.role == "speech-ft"),
+                     "tuned": [r.label for r in rows if r.scenario == sc.name]}
+            lines += [f"- {s}" for s in summarize(res, tasks, sc.task, names)] + [""]
         slug = Path("scenarios") / "".join(c if c.isalnum() or c in "-_." else "-" for c in sc.name).strip("-")
         for rel, title in [(slug / "sweep" / "sweep.png", "α sweep (fine-tuning seed 0)"),
                            (slug / "analysis" / "similarity.png", "Per-layer similarity to the pre-trained model"),
