@@ -189,12 +189,15 @@ def _analyze(models: list, names: list, task: str, size: str, fsdd: Optional[str
 
 
 # -- the plan ----------------------------------------------------------------------------------------
-def _recipe_options(cfg: ReproduceConfig, recipe: str) -> dict:
+def recipe_options(cfg, recipe: str, seed: Optional[int] = None, save_every: int = 0) -> dict:
+    """The fine-tuning options of ``recipe`` from a reproduce or study config (the same key names)."""
     kw = dict(steps=cfg.ft_steps, lr=cfg.ft_lr, batch_seconds=cfg.ft_batch_seconds)
+    if seed is not None:
+        kw["seed"] = seed
     if recipe == "stable":
         kw["beta"] = cfg.beta
-        if "early" in cfg.baselines and cfg.early_every:
-            kw["save_every"] = cfg.early_every
+        if save_every:
+            kw["save_every"] = save_every
     if recipe == "l2sp":
         kw["l2sp_lambda"] = cfg.l2sp_lambda
     if recipe in ("lora", "dora"):
@@ -251,7 +254,8 @@ def plan_jobs(cfg: ReproduceConfig, out: Path, tasks: list[str], model_fingerpri
         rdir = layout.finetune(recipe)
         jobs.append(Job(f"finetune-{recipe}", _finetune,
                         dict(model=cfg.model, task=cfg.ft_task, recipe=recipe, rdir=str(rdir), **data,
-                             options=_recipe_options(cfg, recipe)),
+                             options=recipe_options(cfg, recipe, save_every=cfg.early_every if "early" in cfg.baselines
+                                                    else 0)),
                         deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=theta0, owns=(rdir,),
                         cost=_COST["finetune-stable"] if recipe == "stable" else _COST["finetune"]))
     stable = str(layout.encoder("stable"))

@@ -52,25 +52,16 @@ class StudyPlan:
     jobs: list = field(default_factory=list)
     rows: list = field(default_factory=list)  # StudyRow
     sweeps: dict = field(default_factory=dict)  # scenario -> {α: record name}
+    dirs: dict = field(default_factory=dict)  # scenario -> its folder (fine-tunings, models, sweep, analysis)
 
 
 def _name(scenario: str, method: str, seed: int) -> str:
     return f"{scenario} / {method} / ft{seed}"
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
-
-
-def _options(cfg: StudyConfig, recipe: str, seed: int) -> dict:
-    kw = dict(steps=cfg.ft_steps, lr=cfg.ft_lr, batch_seconds=cfg.ft_batch_seconds, seed=seed)
-    if recipe == "stable":
-        kw["beta"] = cfg.beta
-    if recipe == "l2sp":
-        kw["l2sp_lambda"] = cfg.l2sp_lambda
-    if recipe in ("lora", "dora"):
-        kw["lora_rank"] = cfg.lora_rank
-    return kw
+def scenario_dir(out: Path, scenario: str) -> Path:
+    """``OUT/scenarios/<scenario name as a file name>``."""
+    return Path(out) / "scenarios" / "".join(c if c.isalnum() or c in "-_." else "-" for c in scenario).strip("-")
 
 
 def unlabelled_dir(languages, hours: float, seed: int = 0) -> Path:
@@ -105,7 +96,7 @@ def _continue_pretraining(model: str, audio: str, steps: int, lr: float, seed: i
 
 def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: dict, made_by: dict) -> None:
     """Rows of a cross-lingual scenario: continued pre-training (α = 1) and its Speech-FT merge."""
-    root = out / "scenarios" / _slug(sc.name)
+    root = scenario_dir(out, sc.name)
     audio = unlabelled_dir(sc.languages, sc.hours)
     prep = f"{sc.name}: prepare audio"
     plan.jobs.append(Job(prep, _prepare_audio, dict(languages=list(sc.languages), hours=sc.hours, out=str(audio)),
@@ -150,10 +141,11 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
     stable_dirs: dict = {}  # (scenario, seed) -> Stable-FT encoder dir
 
     for sc in cfg.scenarios:
+        plan.dirs[sc.name] = scenario_dir(out, sc.name)
         if sc.kind == "unsupervised":
             _plan_unsupervised(cfg, sc, out, plan, theta0, made_by)
             continue
-        root = out / "scenarios" / _slug(sc.name)
+        root = scenario_dir(out, sc.name)
         recipes = ["regular", "stable"] + [b for b in sc.baselines if b in METHOD_NAMES]
         rows: dict = {}
         for recipe in recipes:
@@ -162,9 +154,8 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
             for k in range(n_seeds):
                 rdir = root / "finetune" / f"{recipe}-ft{k}"
                 job = f"{sc.name}: finetune-{recipe} ft{k}"
-                opts = _options(cfg, recipe, k)
-                if recipe == "stable" and "early" in sc.baselines and k < cfg.baseline_ft_seeds:
-                    opts["save_every"] = cfg.early_step
+                early = recipe == "stable" and "early" in sc.baselines and k < cfg.baseline_ft_seeds
+                opts = P.recipe_options(cfg, recipe, seed=k, save_every=cfg.early_step if early else 0)
                 plan.jobs.append(Job(job, P._finetune, dict(model=cfg.model, task=sc.task, recipe=recipe, rdir=str(rdir),
                                                             options=opts, **data),
                                      deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=theta0,
@@ -274,7 +265,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
     for sc in cfg.scenarios:
         if sweep_tasks.get(sc.name):
             models = plan.sweeps[sc.name]
-            root = out / "scenarios" / _slug(sc.name)
+            root = scenario_dir(out, sc.name)
             plan.jobs.append(Job(f"{sc.name}: sweep", P._sweep,
                                  dict(models={f"{a:g}": n for a, n in models.items()}, tasks=sweep_tasks[sc.name],
                                       results=str(results), out=str(root / "sweep")),

@@ -136,7 +136,7 @@ def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequ
                      "speechft": next(r.label for r in rows if r.role == "speech-ft"),
                      "tuned": [r.label for r in rows if r.scenario == sc.name]}
             lines += [f"- {s}" for s in summarize(res, tasks, sc.task, names)] + [""]
-        slug = Path("scenarios") / "".join(c if c.isalnum() or c in "-_." else "-" for c in sc.name).strip("-")
+        slug = plan.dirs[sc.name].relative_to(out)
         for rel, title in [(slug / "sweep" / "sweep.png", "α sweep (fine-tuning seed 0)"),
                            (slug / "analysis" / "similarity.png", "Per-layer similarity to the pre-trained model"),
                            (slug / "analysis" / "weight_distance.png", "Relative weight distance per layer group")]:
