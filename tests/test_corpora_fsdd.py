@@ -84,7 +84,7 @@ def test_quick_size_keeps_every_speaker_and_digit(fsdd_root, tmp_path):
     for split, rs in rows.items():
         assert len({r.label for r in rs}) == 10 and len({r.speaker for r in rs}) == 6, split
         assert all(int(Path(r.audio).stem.split("_")[2]) in takes[split] for r in rs)
-    with pytest.raises(ValueError, match="FSDD size must be one of default, quick"):
+    with pytest.raises(ValueError, match="FSDD size must be one of default, study, quick"):
         fsdd.prepare(fsdd_root, tmp_path / "x", size="tiny")
 
 
