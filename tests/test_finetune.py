@@ -262,7 +262,7 @@ def test_cli_user_classify_task(tiny_model_dir, tmp_path, lite_quick, caplog):
     ks = lite_quick / "lite-ks"
     manifests = ",".join(str(ks / f"{s}.jsonl") for s in ("train", "dev", "test"))
     out = tmp_path / "cli"
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):  # the TensorBoard note is a detail (-v)
         res = CliRunner().invoke(app, ["finetune", "--model", str(tiny_model_dir), "--task", "my-ks",
                                        "--task-manifests", manifests, "--task-type", "classify", "--out", str(out),
                                        "--steps", "3", "--batch-seconds", "8", "--recipe", "stable",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..utils.io import check_not_input, read_jsonl, rewrite_jsonl
+from ..utils.plots import integer_xticks, plain_yticks, save_figure
 from .similarity import R2, LinearCKA, MeanCosine
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,7 @@ def plot_analysis(records_path: str | Path, out_dir: str | Path) -> list[Path]:
                     ax.plot(*zip(*pts), marker="o", label=model)
         for ax, title in zip(axes, ("mean frame cosine similarity to M0", "linear CKA (unbiased) to M0")):
             ax.set_xlabel("layer (0 = CNN projection)")
+            integer_xticks(ax)
             ax.set_title(title, fontsize=10)
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
@@ -188,22 +191,31 @@ def plot_analysis(records_path: str | Path, out_dir: str | Path) -> list[Path]:
     ll = [r for r in recs if r["kind"] == "llfc"]
     if ll:
         models = list(dict.fromkeys(r["model"] for r in ll))
-        fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False, sharey=True)
         for ax, model in zip(axes[0], models):
             for a in sorted({r["alpha"] for r in ll}):
                 rs = sorted((r for r in ll if r["model"] == model and r["alpha"] == a), key=lambda r: r["layer"])
                 ax.plot([r["layer"] for r in rs], [r["r2"] for r in rs], marker="o", label=f"α={a:g}")
             ax.set_title(f"LLFC R² — {model}", fontsize=10)
             ax.set_xlabel("layer")
+            integer_xticks(ax)
+            plain_yticks(ax)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
+        axes[0][0].set_ylim(*_r2_limits([r["r2"] for r in ll]))
         written.append(_save(fig, out_dir / "llfc.png"))
     wd = [r for r in recs if r["kind"] == "weight_distance"]
     if wd:
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-        for model in dict.fromkeys(r["model"] for r in wd):
-            rs = [r for r in wd if r["model"] == model]
-            ax.plot([r["group"] for r in rs], [r["relative"] for r in rs], marker="o", label=model)
+        # categories, not a series: grouped bars, no line between them; upright labels never overlap
+        groups, models = list(dict.fromkeys(r["group"] for r in wd)), list(dict.fromkeys(r["model"] for r in wd))
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(groups) + 2), 4.2))
+        width = 0.8 / len(models)
+        for j, model in enumerate(models):
+            value = {r["group"]: r["relative"] for r in wd if r["model"] == model}
+            xs = [i for i, g in enumerate(groups) if g in value]
+            ax.bar([x - 0.4 + width * (j + 0.5) for x in xs], [value[groups[x]] for x in xs], width, label=model)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, rotation=90, fontsize=8)
         ax.set_ylabel("‖θ − θ₀‖ / ‖θ₀‖")
         ax.set_title("relative weight distance per layer group", fontsize=10)
         ax.grid(alpha=0.3)
@@ -212,12 +224,18 @@ def plot_analysis(records_path: str | Path, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def _r2_limits(values: list) -> tuple[float, float]:
+    """R² axis: from a little below the lowest value to just above 1, spanning at least 0.01, so
+    values that all round to 1 read as 1 instead of being blown up around an offset."""
+    lo = min([v for v in values if v is not None and math.isfinite(v)] or [0.0])
+    bottom = min(lo - 0.1 * (1.0 - lo), 0.99)
+    return bottom, 1.0 + 0.05 * (1.0 - bottom)
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -28,6 +28,9 @@ def command(
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Keep the encoder every K steps in "
                                              "OUT/early/step-K (the early-checkpoint baseline)."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Dev evaluation every K steps (default 100)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Resumable checkpoint every K "
+                                                   "steps (default 100; 20 with --quick). Ctrl-C or SIGTERM also "
+                                                   "saves one before stopping."),
     select: Optional[str] = typer.Option(None, "--select", help="Saved encoder/head: 'last' step (default) or 'best' "
                                          "dev metric."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Encoder peak learning rate (default 1e-4)."),
@@ -72,7 +75,8 @@ def command(
         try:
             path = finetune(model, task_arg, out, recipe=recipe, steps=steps, config=str(config) if config else None,
                             resume=resume, quick=quick, fsdd_root=str(fsdd) if fsdd else None, skip_bad=skip_bad,
-                            save_every=save_every, eval_every=eval_every, select=select, lr=lr, head_lr=head_lr,
+                            save_every=save_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                            select=select, lr=lr, head_lr=head_lr,
                             beta=beta, l2sp_lambda=l2sp_lambda, lora_rank=lora_rank, batch_seconds=batch_seconds,
                             grad_accum=grad_accum, seed=seed, layer_sum=layer_sum)
         except TrainingDiverged as e:

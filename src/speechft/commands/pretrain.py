@@ -20,6 +20,7 @@ def command(
     quick: bool = typer.Option(False, "--quick", help="Tiny model, few steps, generated audio when no --manifest: a smoke test."),
     kmeans_from: Optional[str] = typer.Option(None, "--kmeans-from", help="Iteration 2: cluster a layer of this model instead of MFCCs."),
     kmeans_layer: Optional[int] = typer.Option(None, "--kmeans-layer", help="Hidden-state index for --kmeans-from (0 = CNN projection)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Resumable checkpoint every K steps (overrides the config; also on --resume). Ctrl-C or SIGTERM also saves one before stopping."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop invalid manifest rows (counted in the log) instead of stopping with the list of every bad row."),
 ) -> None:
     """Pre-train an encoder by HuBERT masked prediction of k-means targets (or continue pre-training one)."""
@@ -28,6 +29,7 @@ def command(
     with user_errors():
         summary = pretrain(manifest=manifest, out_dir=out, dev=dev, config=config, init=init, steps=steps,
                            resume=resume, quick=quick, kmeans_from=kmeans_from, kmeans_layer=kmeans_layer, skip_bad=skip_bad,
+                           checkpoint_every=checkpoint_every,
                            command=" ".join(["speechft", "pretrain"] + sys.argv[2:]))
     tr = summary.get("train") or {}
     typer.echo(f"step {summary['step']}/{summary['steps']}  loss {tr.get('loss', float('nan')):.3f}  "

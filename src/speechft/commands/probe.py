@@ -1,12 +1,15 @@
 """`speechft probe`."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from ._common import split_csv, user_errors
+
+log = logging.getLogger(__name__)
 
 
 def list_tasks() -> str:
@@ -87,7 +90,9 @@ def command(
         if not task_list:
             task_list = [get_task(n) for n in default_tasks(str(fsdd) if fsdd else None)]
         refs = [m for item in model for m in split_csv(item)]
-        for ref in refs:
+        for k, ref in enumerate(refs, 1):  # the overall progress line: model k of N
+            log.info("model %d/%d: %s on %d task(s): %s", k, len(refs), ref, len(task_list),
+                     ", ".join(t.name for t in task_list))
             run_probe(ref, task_list, out, seeds=tuple(range(seeds)), size="quick" if quick else "default",
                       fsdd_root=str(fsdd) if fsdd else None, limit=limit or None, epochs=epochs,
                       cache_dir=cache_dir, device=device, skip_bad=skip_bad, replace=overwrite)

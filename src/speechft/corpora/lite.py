@@ -316,5 +316,5 @@ def prepare(out_dir: str | Path, size: str = "default", seed: int = 0, tasks: Op
         log.info("%s: %s utterances (train/dev/test) in %.1f s -> %s", t, "/".join(str(counts[s]) for s in SPLITS),
                  time.perf_counter() - t1, folder)
     if made:
-        log.info("lite (%s, seed %d): made %d task(s) in %.1f s", size, seed, len(made), time.perf_counter() - t0)
+        (log.info if len(made) > 1 else log.debug)("lite (%s, seed %d): made %d task(s) in %.1f s", size, seed, len(made), time.perf_counter() - t0)
     return {t: {s: out_dir / t / f"{s}.jsonl" for s in SPLITS} for t in tasks}

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ..data.dataset import AudioDataset, collate
 from ..data.sampler import LengthBucketSampler
@@ -96,8 +97,9 @@ def to_device(batch: dict, device) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, data: TaskData, cfg, accelerator) -> dict:
-    """Dev loss per unit and the task metric, the dev set sharded over processes.
+def evaluate(model, data: TaskData, cfg, accelerator, progress: bool = False) -> dict:
+    """Dev loss per unit and the task metric, the dev set sharded over processes (``progress``: a
+    transient bar, so a long evaluation after the training bar's 100 % shows it is working).
 
     ``model`` is the unwrapped :class:`~speechft.finetune.model.SpeechFTModel`; it runs in eval
     mode (no dropout) and is put back in train mode.
@@ -111,8 +113,10 @@ def evaluate(model, data: TaskData, cfg, accelerator) -> dict:
                                   max_batch_size=cfg.max_batch_size)
     records = []  # (id, loss, units, prediction, gold) per utterance
     model.eval()
+    bar = tqdm(total=len(idx), desc="dev evaluation", unit="utt", leave=False, disable=not progress)
     if idx:
         for batch in DataLoader(shard, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers):
+            bar.update(len(batch["ids"]))
             batch = to_device(batch, accelerator.device)
             with accelerator.autocast():
                 logits, frame_lens = model(batch["wav"], batch["wav_lens"], train_encoder=False)
@@ -128,6 +132,7 @@ def evaluate(model, data: TaskData, cfg, accelerator) -> dict:
             for b, uid in enumerate(batch["ids"]):
                 # the batch's loss is kept on its first row so the sums come out right
                 records.append((uid, loss if b == 0 else 0.0, units if b == 0 else 0, preds[b], batch["targets"][b]))
+    bar.close()
     model.train()
     if world > 1:
         from accelerate.utils import gather_object

@@ -28,6 +28,7 @@ from ..models.encoder import HFEncoder
 from ..models.heads import build_head
 from ..models.io import load_encoder, save_encoder
 from ..utils.io import append_jsonl, atomic_dir, truncate_jsonl
+from ..utils.signals import StopAtStep, signal_name
 from .checkpoint import capture_rng, latest_checkpoint, restore_rng, save_checkpoint
 from .data import BatchStream, evaluate, to_device
 from .model import SpeechFTModel, head_meta, save_head
@@ -42,8 +43,11 @@ class TrainingDiverged(FloatingPointError):
 
 
 def train(run: dict, cfg, data, accelerator, out: Path, resume_from: Optional[tuple] = None, progress: bool = True,
-          stop_after: Optional[int] = None) -> bool:
-    """Run (or continue) the loop; True when all ``cfg.steps`` are done and the outputs written."""
+          stop_after: Optional[int] = None, stop: Optional[StopAtStep] = None) -> bool:
+    """Run (or continue) the loop; True when all ``cfg.steps`` are done and the outputs written.
+
+    ``stop``: armed during the loop; after a SIGINT/SIGTERM the step is finished, a checkpoint is
+    saved and :class:`~speechft.utils.signals.Interrupted` raised with the command that resumes."""
     task, vocab, recipe = data.task, data.vocab, get_recipe(run["recipe"])
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
 
@@ -86,11 +90,15 @@ def train(run: dict, cfg, data, accelerator, out: Path, resume_from: Optional[tu
 
     last = min(cfg.steps, stop_after) if stop_after else cfg.steps
     metrics, tb = out / "metrics.jsonl", _tensorboard(out, cfg) if main else None
-    win = _Window()
+    win, postfix = _Window(), {}
+    if resume_from is not None:
+        win.load(resume_from[0].get("window"))  # a log window cut by the interruption continues
     bar = tqdm(total=cfg.steps, initial=step, desc=f"finetune {recipe.name}", disable=not (progress and main),
                dynamic_ncols=True)
     net.train()
     t0 = time.time()
+    if stop is not None:
+        stop.arm()
     while step < last:
         train_encoder = step >= run["head_only_steps"]
 
@@ -137,12 +145,15 @@ def train(run: dict, cfg, data, accelerator, out: Path, resume_from: Optional[tu
             rec = {"step": step, "split": "train", **win.flush(), "lr": lrs[0], "head_lr": lrs[1],
                    "phase": "full" if train_encoder else "head-only", "epoch": stream.epoch,
                    "audio_s_per_step": round(audio_s * world, 2), "elapsed_s": round(time.time() - t0, 1)}
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lrs[0]:.1e}", phase=rec["phase"])
+            postfix.update(loss=f"{rec['loss']:.3f}", lr=f"{lrs[0]:.1e}", phase=rec["phase"])
+            bar.set_postfix(postfix)
             _log(main, metrics, tb, rec)
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            dev = evaluate(accelerator.unwrap_model(net), data, cfg, accelerator)
+            dev = evaluate(accelerator.unwrap_model(net), data, cfg, accelerator, progress=progress and main)
             _log(main, metrics, tb, {"step": step, "split": "dev", **dev})
-            log.info("step %d: dev loss %.4f, %s %.4f", step, dev["loss"], task.metric, dev[task.metric])
+            log.debug("step %d: dev loss %.4f, %s %.4f", step, dev["loss"], task.metric, dev[task.metric])
+            postfix[f"dev_{task.metric}"] = f"{dev[task.metric]:.4f}"
+            bar.set_postfix(postfix)
             if cfg.select == "best" and _better(dev[task.metric], best, task.higher_is_better):
                 best = {"step": step, task.metric: dev[task.metric]}
                 if main:
@@ -151,8 +162,17 @@ def train(run: dict, cfg, data, accelerator, out: Path, resume_from: Optional[tu
         if main and cfg.save_every and step % cfg.save_every == 0:
             save_encoder(plain_encoder(accelerator.unwrap_model(net).encoder), out / "early" / f"step-{step}",
                          card=_card(run, cfg, step, None, f"early checkpoint at step {step}"))
-        if step % cfg.checkpoint_every == 0 or step == last:
-            _checkpoint(accelerator, net, opt, sched, stream, step, best, cfg, out)
+        stopping = stop is not None and step < cfg.steps and _stop_requested(stop, accelerator)
+        if stopping or step % cfg.checkpoint_every == 0 or step == last:
+            _checkpoint(accelerator, net, opt, sched, stream, step, best, cfg, out, win)
+        if stopping:
+            bar.close()
+            if tb is not None:
+                tb.close()
+            raise stop.interrupted(f"{signal_name(stop.signum)} at step {step} of {cfg.steps}: checkpoint saved; "
+                                   f"continue with: speechft finetune --out {out} --resume")
+    if stop is not None:
+        stop.disarm()
     bar.close()
     if tb is not None:
         tb.close()
@@ -164,7 +184,7 @@ def train(run: dict, cfg, data, accelerator, out: Path, resume_from: Optional[tu
         dev = _last_dev(metrics)
         write_outputs(out, final.encoder, final.head, vocab, _meta(run, task, head_options, encoder, cfg),
                       _card(run, cfg, step, dev, "last"), out / "best" if cfg.select == "best" else None)
-        log.info("fine-tuned encoder: %s", out / "encoder")
+        log.debug("fine-tuned encoder: %s", out / "encoder")
     accelerator.wait_for_everyone()
     return True
 
@@ -182,6 +202,13 @@ class _Window:
         self.gnorm += gnorm
         self.n += 1
         self.penalty = penalty
+
+    def state(self) -> dict:
+        return {"loss": self.loss, "units": self.units, "gnorm": self.gnorm, "n": self.n, "penalty": self.penalty}
+
+    def load(self, state: Optional[dict]) -> None:
+        for k, v in (state or {}).items():
+            setattr(self, k, v)
 
     def flush(self) -> dict:
         rec = {"loss": self.loss / max(self.units, 1.0), "units": int(self.units), "grad_norm": self.gnorm / max(self.n, 1)}
@@ -208,13 +235,23 @@ def _tensorboard(out: Path, cfg):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log.info("TensorBoard log skipped: the tensorboard package is not installed "
-                 "(pip install 'speechft[tensorboard]'); metrics.jsonl has everything")
+        log.debug("TensorBoard log skipped: the tensorboard package is not installed "
+                  "(pip install 'speechft[tensorboard]'); metrics.jsonl has everything")
         return None
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _checkpoint(accelerator, net, opt, sched, stream, step, best, cfg, out: Path) -> None:
+def _stop_requested(stop: StopAtStep, accelerator) -> bool:
+    """Whether a signal arrived here or, with several processes, on any of them (they stop together)."""
+    if accelerator.num_processes == 1:
+        return bool(stop.signum)
+    got = accelerator.reduce(torch.tensor([float(stop.signum)], device=accelerator.device), reduction="max")
+    stop.signum = stop.signum or int(got.item())
+    return bool(stop.signum)
+
+
+def _checkpoint(accelerator, net, opt, sched, stream, step, best, cfg, out: Path,
+                win: Optional[_Window] = None) -> None:
     """Every process hands over its sampler position and RNG states; the main process writes."""
     samplers, rngs = [stream.state_dict()], [capture_rng()]
     if accelerator.num_processes > 1:
@@ -224,7 +261,7 @@ def _checkpoint(accelerator, net, opt, sched, stream, step, best, cfg, out: Path
     if accelerator.is_main_process:
         state = {"step": step, "model": accelerator.unwrap_model(net).state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "sampler": samplers, "best": best,
-                 "world_size": accelerator.num_processes}
+                 "world_size": accelerator.num_processes, "window": win.state() if win is not None else None}
         save_checkpoint(out, step, state, rngs, cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
 

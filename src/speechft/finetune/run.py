@@ -25,6 +25,7 @@ import torch
 from ..tasks import Task, get_task, user_task
 from ..utils.io import check_not_input, check_writable
 from ..utils.names import read_yaml_mapping
+from ..utils.signals import StopAtStep
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import QUICK, FinetuneConfig, check_keys, load_config, save_run_config
 from .data import load_task_data
@@ -85,7 +86,9 @@ def finetune(model: Optional[str], task: Union[str, Task, None], out_dir: str | 
             raise ValueError(f"{ckpt}: saved by {state[0]['world_size']} processes, resumed with "
                              f"{accelerator.num_processes}; an exact resume needs the same number")
         log.info("resuming from %s (step %d of %d)", ckpt, state[0]["step"], cfg.steps)
-    finished = train(run, cfg, data, accelerator, out, resume_from=state, progress=progress, stop_after=stop_after)
+    with StopAtStep("fine-tuning") as stop:  # SIGINT/SIGTERM: finish the step, save a checkpoint, say how to resume
+        finished = train(run, cfg, data, accelerator, out, resume_from=state, progress=progress, stop_after=stop_after,
+                         stop=stop)
     if finished and accelerator.is_main_process:
         run["finished"] = True
         save_run_config(out / "config.yaml", cfg, run)
@@ -133,11 +136,20 @@ def _run_record(model: str, task: Union[str, Task], recipe: str, size: str, fsdd
     return run
 
 
+def _saved_run(out: Path) -> bool:
+    """``OUT/config.yaml`` names a model and a task (the run may not have reached a checkpoint)."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return False
+    run = read_yaml_mapping(saved).get("run") or {}
+    return bool(run.get("model") and run.get("task"))
+
+
 def _resolve(out: Path, model, task, recipe, steps, config, resume, quick, overrides, *, size, fsdd_root,
              skip_bad, command) -> tuple[dict, FinetuneConfig]:
     """``(run, cfg)``: from the saved config.yaml when resuming, else from the arguments."""
     ckpt = latest_checkpoint(out)
-    if resume and ckpt is not None:
+    if resume and (ckpt is not None or _saved_run(out)):  # no checkpoint yet: from step 0, with the saved settings
         if config is not None:
             raise ValueError("--config cannot be combined with --resume: the run's saved config.yaml is used")
         saved = out / "config.yaml"
@@ -157,6 +169,9 @@ def _resolve(out: Path, model, task, recipe, steps, config, resume, quick, overr
         if fixed:
             raise ValueError(f"--resume: {', '.join(f'{k}={getattr(cfg, k)!r}' for k in fixed)} were used by the run "
                              f"and cannot change (only {', '.join(RESUME_FREE)} may)")
+        if ckpt is None and not run.get("finished"):
+            log.warning("--resume: no checkpoint in %s yet; starting from step 0 with the settings in %s", out, saved)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
         return run, cfg.replace(**changed)
     if ckpt is not None:
         raise FileExistsError(f"{out} already holds a fine-tuning run ({ckpt.name}); pass --resume to continue it "

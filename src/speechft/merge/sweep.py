@@ -287,7 +287,8 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
                     else _disk_models(sources, plan, m, todo, out_dir))
         base = {"schema_version": SCHEMA_VERSION, "sweep_id": sid, "method": m.name,
                 "package_version": __version__, "probe": probe_opts}
-        for alpha, model in produced:
+        for k, (alpha, model) in enumerate(produced, 1):  # the overall progress line: α k of N
+            log.info("α %d/%d (%g): probing %d task(s)", k, len(pending), alpha, len(pending[alpha]))
             recs = probe_fn(model, [task_objs[t] for t in pending[alpha]], probe_dir, seeds=tuple(probe_opts["seeds"]), size=size,
                             fsdd_root=fsdd_root, limit=limit, model_name=names[alpha], epochs=epochs,
                             cache_dir=cache_dir, replace=True)

@@ -125,7 +125,7 @@ def fit_codebook(store: AudioStore, source: FeatureSource, k: int, max_frames: i
                          compute_labels=False)
     km.fit(z)
     inertia = float(-km.score(z[: min(len(z), 50_000)]) / min(len(z), 50_000))
-    log.info("k-means done: mean squared distance %.3f per frame (standardised units)", inertia)
+    log.debug("k-means done: mean squared distance %.3f per frame (standardised units)", inertia)
     return Codebook(km.cluster_centers_.astype(np.float32), mean.astype(np.float32), std.astype(np.float32),
                     source.describe())
 
@@ -148,7 +148,7 @@ def compute_targets(store: AudioStore, codebook: Codebook, source: FeatureSource
             with np.load(path, allow_pickle=False) as z:
                 ids, flat, offsets = list(z["ids"]), z["labels"], z["offsets"]
             if ids == list(store.ids):
-                log.info("targets: cached %s", path)
+                log.debug("targets: cached %s", path)
                 return [flat[offsets[i]:offsets[i + 1]] for i in range(len(ids))]
             log.warning("targets cache %s does not match the manifest; recomputing", path)
         except (OSError, KeyError, ValueError) as e:

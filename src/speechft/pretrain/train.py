@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_not_input, check_writable, truncate_jsonl
 from ..utils.jobs import intra_op_threads
+from ..utils.signals import StopAtStep, signal_name
 from .config import QUICK, PretrainConfig, load_config, save_config
 from .data import AudioStore, epoch_batches, generate_quick_audio, make_batch
 from .kmeans import Codebook, FeatureSource, compute_targets, fit_codebook
@@ -47,6 +48,9 @@ def _resolve(out: Path, config, quick: bool, resume: bool, overrides: dict) -> P
         if steps is not None and steps != cfg.steps:
             raise ValueError(f"--resume: the run was started with steps={cfg.steps} (the LR schedule depends on it); "
                              f"got --steps {steps}")
+        every = overrides.get("checkpoint_every")
+        if every is not None and every != cfg.checkpoint_every:  # when to save changes no weights; dev steps stay
+            cfg = cfg.replace(checkpoint_every=every, dev_every=cfg.dev_every or cfg.checkpoint_every)
         return cfg
     if (out / CHECKPOINT).exists():
         raise FileExistsError(f"{out} already holds a pre-training run; pass --resume to continue it or pick a new --out")
@@ -93,13 +97,14 @@ def _lr_lambda(cfg: PretrainConfig):
 
 
 @torch.no_grad()
-def evaluate(model, head, store, labels, cfg, normalize: bool) -> dict:
+def evaluate(model, head, store, labels, cfg, normalize: bool, progress: bool = False) -> dict:
     """Masked-prediction loss/accuracy on a dev set with fixed masks (no crop randomness, no dropout)."""
     was = model.training
     model.eval()
     rng = np.random.default_rng([cfg.seed, 99])
     tot_loss, frames, correct = 0.0, 0, 0
-    for idx in epoch_batches(store.seconds(), cfg.batch_seconds, cfg.max_seconds, cfg.seed, 0):
+    batches = epoch_batches(store.seconds(), cfg.batch_seconds, cfg.max_seconds, cfg.seed, 0)
+    for idx in tqdm(batches, desc="dev evaluation", unit="batch", leave=False, disable=not progress):
         batch = make_batch(store, labels, idx, cfg.max_seconds, None)
         loss, st = masked_prediction_loss(model, head, batch, rng, cfg, normalize)
         tot_loss += st["masked_loss"] * st["masked_frames"]  # masked frames only, whatever unmasked_weight is
@@ -113,15 +118,17 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
              config=None, init: Optional[str] = None, steps: Optional[int] = None, resume: bool = False,
              quick: bool = False, kmeans_from: Optional[str] = None, kmeans_layer: Optional[int] = None,
              stop_after: Optional[int] = None, command: Optional[str] = None, progress: bool = True,
-             skip_bad: bool = False) -> dict:
+             skip_bad: bool = False, checkpoint_every: Optional[int] = None) -> dict:
     """Pre-train (or continue pre-training) an encoder by HuBERT masked prediction; returns a summary.
 
     ``stop_after`` stops (with a checkpoint) after that many total steps, as an interruption would.
+    SIGINT/SIGTERM during the steps do the same, then raise :class:`~speechft.utils.signals.Interrupted`
+    naming the command that resumes. ``checkpoint_every`` overrides the config's (also on resume).
     """
     out = Path(out_dir)
     check_writable(out)
     cfg = _resolve(out, config, quick, resume, {"steps": steps, "kmeans_from": kmeans_from,
-                                                "kmeans_layer": kmeans_layer})
+                                                "kmeans_layer": kmeans_layer, "checkpoint_every": checkpoint_every})
     # Nothing is written before these: OUT/encoder is replaced, so it must not hold the init/k-means model.
     check_not_input(out, {"--init": init, "--kmeans-from": cfg.kmeans_from})
     listed = manifest if isinstance(manifest, (list, tuple)) else str(manifest or "").split(",")
@@ -142,12 +149,12 @@ def pretrain(manifest: Optional[str] = None, out_dir: str | Path = "runs/pretrai
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "pretrain_config.yaml")
         atomic_write_json(run_file, run)
-    with intra_op_threads(cfg.num_threads if cfg.num_threads > 0 else None):
-        return _run(cfg, out, run, resume, stop_after, progress, skip_bad=skip_bad)
+    with intra_op_threads(cfg.num_threads if cfg.num_threads > 0 else None), StopAtStep("pre-training") as stop:
+        return _run(cfg, out, run, resume, stop_after, progress, skip_bad=skip_bad, stop=stop)
 
 
 def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Optional[int], progress: bool,
-         skip_bad: bool = False) -> dict:
+         skip_bad: bool = False, stop: Optional[StopAtStep] = None) -> dict:
     """Load data, build targets and model, then the loop (see the module docstring for the outputs)."""
     train_store = AudioStore.load(run["manifest"], cfg.min_seconds, skip_bad=skip_bad)
     dev_store = AudioStore.load(run["dev"], cfg.min_seconds, skip_bad=skip_bad) if run["dev"] else None
@@ -211,6 +218,8 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
     head.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not progress, dynamic_ncols=True)
     t0 = time.time()
+    if stop is not None:
+        stop.arm()  # k-means and targets above stop at once; from here a step is finished and saved first
     while step < last_stop:
         if bi >= len(batches):  # next epoch: its batches are a pure function of (seed, epoch)
             epoch, bi = epoch + 1, 0
@@ -244,12 +253,21 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
                             lr=f"{last_train['lr']:.1e}")
             win = {"loss": 0.0, "mloss": 0.0, "frames": 0, "correct": 0, "n": 0, "gnorm": 0.0}
         if dev_store is not None and (step % dev_every == 0 or step == cfg.steps):
-            last_dev = {"step": step, "split": "dev", **evaluate(model, head, dev_store, dev_labels, cfg, normalize)}
+            last_dev = {"step": step, "split": "dev", **evaluate(model, head, dev_store, dev_labels, cfg, normalize,
+                                                                 progress=progress)}
             append_jsonl(metrics, last_dev)
-            log.info("step %d dev loss %.3f acc %.3f", step, last_dev["loss"], last_dev["acc"])
-        if step % cfg.checkpoint_every == 0 or step == last_stop:
+            log.debug("step %d dev loss %.3f acc %.3f", step, last_dev["loss"], last_dev["acc"])
+            bar.set_postfix(loss=f"{last_train.get('loss', math.nan):.3f}", dev_acc=f"{last_dev['acc']:.3f}")
+        stopping = stop is not None and bool(stop.signum) and step < cfg.steps
+        if stopping or step % cfg.checkpoint_every == 0 or step == last_stop:
             save_checkpoint(out / CHECKPOINT, model=model, head=head, optimizer=opt, scheduler=sched, step=step,
                             epoch=epoch, batch=bi, rngs=rngs, extra={"codebook": codebook.hash(), "window": win})
+        if stopping:
+            bar.close()
+            raise stop.interrupted(f"{signal_name(stop.signum)} at step {step} of {cfg.steps}: checkpoint saved; "
+                                   f"continue with: speechft pretrain --out {out} --resume")
+    if stop is not None:
+        stop.disarm()
     bar.close()
     names = ", ".join(Path(m).parent.name + "/" + Path(m).name for m in run["manifest"].split(","))
     plot_curve(metrics, out / "training_curve.png", title=f"pre-training on {names}")
@@ -300,5 +318,5 @@ def save_pretrained_encoder(model, head, codebook: Codebook, cfg: PretrainConfig
         save_config(cfg, tmp / "pretrain_config.yaml")
         if (out / "training_curve.png").exists():
             shutil.copy(out / "training_curve.png", tmp / "training_curve.png")
-    log.info("pre-trained encoder written to %s", dest)
+    log.debug("pre-trained encoder written to %s", dest)
     return dest

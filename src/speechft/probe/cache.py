@@ -251,7 +251,7 @@ def ensure_features_many(
             secs = sum(d for d, r in zip(durs, todo) if r.id in n)
             est = estimate_bytes(secs, e)
             msg = "feature cache: extracting %d utterances (%.1f min of audio) into %s, about %.1f MiB on disk"
-            (log.warning if est > WARN_BYTES else log.info)(msg, len(n), secs / 60, f, est / 2**20)
+            (log.warning if est > WARN_BYTES else log.debug)(msg, len(n), secs / 60, f, est / 2**20)
     writers = [_ShardWriter(f) for f in folders]
     active = [i for i, n in enumerate(need) if n]
     keys = {i: encoders[i].cnn_key() for i in active}
@@ -282,7 +282,7 @@ def ensure_features_many(
     finally:
         for e, t in zip(encoders, was_training):
             e.train(t)
-    log.info("feature cache: %d utterances extracted in %.1f s for %d model(s), %d distinct CNN(s)",
+    log.debug("feature cache: %d utterances extracted in %.1f s for %d model(s), %d distinct CNN(s)",
              len(todo), time.perf_counter() - t0, len(active), len({keys[i] or f"none-{i}" for i in active}))
     for i in active:
         caches[i].reload()

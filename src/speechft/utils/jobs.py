@@ -276,7 +276,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
         prov = job_provenance(job, results)
         _clear_owned(job, stages, keys[name], prov)
         stages.start(name, keys[name], prov)
-        log.info("stage %s: starting", name)
+        log.debug("stage %s: starting", name)  # the bar names the running jobs; one line when each is done
         return job
 
     def finish(name: str, t0: float, t1: float, pid: Optional[int], result) -> None:
