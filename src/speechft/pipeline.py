@@ -114,10 +114,11 @@ _COST = {"prepare": 15, "finetune-stable": 100, "finetune": 170, "merge": 1, "ex
 
 
 def _device() -> str:
-    """Probes and feature extraction run on the GPU when there is one (fine-tuning picks it itself)."""
-    import torch
+    """Probes and feature extraction run on the command's --device, by default the GPU when there is one
+    (fine-tuning picks it itself, following the same --device)."""
+    from .utils.device import default_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return default_device()
 
 
 # -- job functions: module-level (pickled to reach a worker), plain JSON-able kwargs, each returns the

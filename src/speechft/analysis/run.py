@@ -83,8 +83,12 @@ def analyze(
     batch_seconds: float = 40.0,
     names: Optional[Sequence[str]] = None,
     encoders: Optional[Sequence] = None,
+    device: str = "cpu",
 ) -> list[dict]:
-    """Run all analyses; ``models[0]`` is the reference θ₀. Returns the records written."""
+    """Run all analyses; ``models[0]`` is the reference θ₀. Returns the records written.
+
+    Models of another architecture than θ₀ (e.g. another hidden size) get the similarity records only:
+    LLFC and weight distances need θ₀'s tensors, and one log line says why they are skipped."""
     from ..data.dataset import AudioDataset, collate
     from ..data.sampler import LengthBucketSampler
     from ..data.validate import load_checked_rows
@@ -100,6 +104,8 @@ def analyze(
     encs = list(encoders) if encoders is not None else [load_encoder(m) for m in models]
     for e in encs:
         e.eval()
+        if device != "cpu":
+            e.to(device)
     rows = load_checked_rows(manifest)[: limit or None]
     ds = AudioDataset(rows, max_seconds=20.0)
     sampler = LengthBucketSampler(ds.durations(), batch_seconds, shuffle=False)
@@ -112,10 +118,14 @@ def analyze(
     # LLFC needs weight interpolation: only for transformers models of the reference's architecture.
     llfc_models, llfc = {}, {}
     sd0 = ref.model.state_dict() if isinstance(ref, HFEncoder) else None
+    shared = {}  # i -> Mi has θ₀'s tensors (names and shapes): interpolation and weight distances apply
     for i in range(1, len(encs)):
         e = encs[i]
-        if sd0 is None or not isinstance(e, HFEncoder) or e.model.state_dict().keys() != sd0.keys():
-            log.info("LLFC skipped for %s (not interpolable with %s)", names[i], names[0])
+        why = _not_interpolable(ref, e, sd0)
+        shared[i] = why is None
+        if why:
+            log.warning("LLFC and weight distances skipped for %s (not interpolable with %s: %s)",
+                        names[i], names[0], why)
             continue
         sd1 = e.model.state_dict()
         for a in alphas:
@@ -130,7 +140,9 @@ def analyze(
     keys = [e.cnn_key() for e in everyone]
     with torch.no_grad():
         for batch in tqdm(loader, desc="analyze", unit="batch"):
-            outs = forward_many(everyone, batch["wav"], batch["wav_lens"], keys=keys)
+            outs = forward_many(everyone, batch["wav"].to(device), batch["wav_lens"].to(device), keys=keys)
+            if device != "cpu":
+                outs = [([s.float().cpu() for s in st], fl.cpu()) for st, fl in outs]
             feats = [_frames(st, fl) for st, fl in outs[: len(encs)]]
             for i, (cos, cka) in sims.items():
                 for layer in range(min(L, len(feats[i]))):
@@ -147,6 +159,8 @@ def analyze(
     records = []
     for i, (cos, cka) in sims.items():
         for layer in range(L):
+            if not cka[layer].n:  # Mi has fewer layers than M0
+                continue
             records.append({"kind": "similarity", "reference": names[0], "model": names[i], "layer": layer,
                             "cosine": cos[layer].value() if cos[layer].n else None, "cka": cka[layer].value()})
     for (i, a), r2s in llfc.items():
@@ -154,12 +168,27 @@ def analyze(
             records.append({"kind": "llfc", "reference": names[0], "model": names[i], "alpha": a, "layer": layer,
                             "r2": r2s[layer].value()})
     for i in range(1, len(encs)):
-        if sd0 is not None and isinstance(encs[i], HFEncoder) and encs[i].model.state_dict().keys() == sd0.keys():
+        if shared[i]:
             for r in weight_distances(sd0, encs[i].model.state_dict()):
                 records.append({"kind": "weight_distance", "reference": names[0], "model": names[i], **r})
     rewrite_jsonl(out_dir / "analysis.jsonl", records)
     plot_analysis(out_dir / "analysis.jsonl", out_dir)
     return records
+
+
+def _not_interpolable(ref, enc, sd0: Optional[dict]) -> Optional[str]:
+    """Why ``enc``'s weights cannot be interpolated with θ₀'s (``ref``, state dict ``sd0``), or None."""
+    from ..models.encoder import HFEncoder
+
+    if sd0 is None or not isinstance(enc, HFEncoder):
+        return "not both transformers models"
+    if ref.hidden_size != enc.hidden_size:
+        return f"hidden size {enc.hidden_size} vs {ref.hidden_size}"
+    sd1 = enc.model.state_dict()
+    if sd1.keys() != sd0.keys():
+        return "different tensor names"
+    bad = [k for k in sd0 if sd0[k].shape != sd1[k].shape]
+    return f"{bad[0]} has shape {tuple(sd1[bad[0]].shape)} vs {tuple(sd0[bad[0]].shape)}" if bad else None
 
 
 def plot_analysis(records_path: str | Path, out_dir: str | Path) -> list[Path]:

@@ -6,14 +6,17 @@ from typing import Optional
 
 import typer
 
-from ._common import split_csv, user_errors
+from ._common import (DEFAULT_MODEL, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_METRIC_HELP, TASK_TYPE_HELP,
+                      check_models, device_option, get_task, user_errors, user_task_from_options)
 
 
 def command(
-    model: Optional[str] = typer.Option(None, "--model", help="Pre-trained encoder θ₀: speechft-tiny, a model folder "
-                                        "or a hub id (read from OUT/config.yaml with --resume)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Pre-trained encoder θ₀: speechft-tiny (default), a "
+                                        "model folder or a hub id (read from OUT/config.yaml with --resume).",
+                                        show_default=False),
     task: Optional[str] = typer.Option(None, "--task", help="Task to fine-tune on (see 'speechft probe --list'); with "
-                                       "--task-manifests, the name of your task."),
+                                       "--task-manifests, the name of your task (as --task-name). Required unless "
+                                       "--task-manifests or --resume."),
     out: Path = typer.Option(..., "--out", help="Output folder: encoder/, head/, config.yaml, metrics.jsonl, "
                              "checkpoints/, early/."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="stable (Speech-FT, default), regular, l2sp, lora "
@@ -45,33 +48,29 @@ def command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     layer_sum: Optional[bool] = typer.Option(None, "--layer-sum/--last-layer", help="Head input: a learnable weighted "
                                              "sum of all hidden states, or the last one (default)."),
-    task_manifests: Optional[str] = typer.Option(None, "--task-manifests", help="Your own task: "
-                                                 "train.jsonl,dev.jsonl,test.jsonl."),
-    task_type: str = typer.Option("ctc", "--task-type", help="Your task's kind: ctc (vocabulary from the train "
-                                  "manifest) or classify."),
-    target_field: Optional[str] = typer.Option(None, "--target-field", help="Your task's manifest field: text, "
-                                               "phones, label, speaker, language (default: text for ctc, label)."),
-    task_metric: Optional[str] = typer.Option(None, "--task-metric", help="Your task's metric: per, cer, wer or "
-                                              "accuracy (default: cer, per for phones, accuracy)."),
+    task_manifests: Optional[str] = typer.Option(None, "--task-manifests", help=TASK_MANIFESTS_HELP),
+    task_type: Optional[str] = typer.Option(None, "--task-type", help=TASK_TYPE_HELP, show_default=False),
+    task_name: Optional[str] = typer.Option(None, "--task-name", help="Your task's name (default: --task, else "
+                                            "'user').", show_default=False),
+    target_field: Optional[str] = typer.Option(None, "--target-field", help=TARGET_FIELD_HELP, show_default=False),
+    task_metric: Optional[str] = typer.Option(None, "--task-metric", help=TASK_METRIC_HELP, show_default=False),
+    device: str = device_option(),
 ) -> None:
     """Fine-tune an encoder on one task with Speech-FT's stable recipe or a baseline (regular, L2-SP, LoRA,
     DoRA, early checkpoints via --save-every); writes the fine-tuned encoder as a Hugging Face folder.
     Several processes/GPUs: run it under 'accelerate launch' or 'torchrun -m speechft.cli finetune ...'."""
-    with user_errors():
+    with user_errors(out=out, device=device):
         from ..finetune import TrainingDiverged, finetune
-        from ..tasks import user_task
 
-        task_arg = task
-        if task_manifests:
-            paths = split_csv(task_manifests)
-            if len(paths) != 3:
-                raise ValueError(f"--task-manifests needs train,dev,test (3 paths), got {len(paths)}")
-            if task_type not in ("ctc", "classify"):
-                raise ValueError(f"--task-type must be ctc or classify, not {task_type!r}")
-            field = target_field or ("text" if task_type == "ctc" else "label")
-            task_arg = user_task(task or "user", tuple(paths), task_type, field, metric=task_metric)
-        if not resume and (model is None or task_arg is None):
-            raise ValueError("--model and --task (or --task-manifests) are required unless --resume")
+        if not resume:
+            model = model or DEFAULT_MODEL
+        check_models([model])
+        task_arg = user_task_from_options(task_manifests, task_type, task_name or task or "user", target_field,
+                                          task_metric) or task
+        if not resume and task_arg is None:
+            raise ValueError("--task (or --task-manifests) is required unless --resume")
+        if isinstance(task_arg, str):
+            get_task(task_arg)  # an unknown name fails now, with "did you mean"
         try:
             path = finetune(model, task_arg, out, recipe=recipe, steps=steps, config=str(config) if config else None,
                             resume=resume, quick=quick, fsdd_root=str(fsdd) if fsdd else None, skip_bad=skip_bad,

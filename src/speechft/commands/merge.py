@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import split_csv, user_errors
+from ._common import DEFAULT_MODEL, check_models, split_csv, user_errors
 
 
 def parse_floats(value: Optional[str], what: str) -> Optional[list[float]]:
@@ -19,8 +19,10 @@ def parse_floats(value: Optional[str], what: str) -> Optional[list[float]]:
 
 
 def command(
-    pretrained: str = typer.Option(..., "--pretrained", help="θ₀: HF dir, 'speechft-tiny' or a hub id."),
-    finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′ (repeat, or list several after it)."),
+    pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help="θ₀: a model folder, speechft-tiny, "
+                                   "speechft-tiny-random or a hub id."),
+    finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′: model folders or fine-tuning run folders "
+                                        "(their encoder/); repeat, or list several after it."),
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),
     out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically)."),
     alpha: float = typer.Option(0.25, "--alpha", help="Interpolation weight α (0 = θ₀, 1 = θ′)."),
@@ -34,9 +36,10 @@ def command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
 ) -> None:
     """Merge a pre-trained encoder with fine-tuned ones (Speech-FT: θ̂ = θ₀ + α·mean(θ′ − θ₀))."""
-    with user_errors():
+    with user_errors(out=out):
         from ..merge import merge_models
 
+        check_models([pretrained, *finetuned, *(more or [])])
         path = merge_models(
             pretrained, [*finetuned, *(more or [])], out, method=method, alpha=alpha,
             weights=parse_floats(weights, "--weights"), density=density, seed=seed, majority_sign=majority_sign,

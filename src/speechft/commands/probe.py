@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ._common import split_csv, user_errors
+from ._common import (DEFAULT_MODEL, MODEL_REFS, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_METRIC_HELP,
+                      TASK_NAME_HELP, TASK_TYPE_HELP, check_models, device_option, get_task, split_csv, user_errors,
+                      user_task_from_options)
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +28,13 @@ def list_tasks() -> str:
 
 
 def command(
-    model: Optional[List[str]] = typer.Option(None, "--model", help="Model reference(s) to probe: speechft-tiny, "
-                                              "speechft-tiny-random, fbank, a model folder or a hub id. Repeat or "
-                                              "comma-separate to probe several (probe 'fbank' too for the SUPERB score)."),
+    model: Optional[List[str]] = typer.Option(None, "--model", help=f"Model reference(s) to probe: {MODEL_REFS}. "
+                                              "Repeat or comma-separate to probe several (probe 'fbank' too for the "
+                                              "SUPERB score)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names (see --list). Default: "
                                         "every lite task plus fsdd-ks/fsdd-sid when FSDD is found."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder: results.jsonl (appended, resumable), "
-                                       "summary.md, layer_weights.png."),
+                                       "summary.md, layer_weights.png. Required (except with --list)."),
     seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0..N-1); more than one reports mean ± std."),
     limit: int = typer.Option(0, "--limit", help="At most N utterances per split (0 = all), for smoke tests."),
     quick: bool = typer.Option(False, "--quick", help="Quick-size lite data and fewer epochs."),
@@ -42,14 +44,12 @@ def command(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop invalid manifest rows (logged) instead of failing."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache root "
                                              "(default: $SPEECHFT_HOME/features)."),
-    device: str = typer.Option("cpu", "--device", help="Device for feature extraction and heads, e.g. cpu, cuda."),
-    task_manifests: Optional[str] = typer.Option(None, "--task-manifests", help="User task: train.jsonl,dev.jsonl,test.jsonl."),
-    task_type: str = typer.Option("classify", "--task-type", help="User task kind: ctc, classify or slots."),
-    task_name: str = typer.Option("user", "--task-name", help="User task name (in results and tables)."),
-    target_field: str = typer.Option("label", "--target-field", help="User task target: text, phones, label, "
-                                     "speaker or language."),
-    task_metric: Optional[str] = typer.Option(None, "--task-metric", help="User task metric: per, cer, wer or "
-                                              "accuracy (default: accuracy; CTC: per for phones, else cer)."),
+    device: str = device_option(),
+    task_manifests: Optional[str] = typer.Option(None, "--task-manifests", help=TASK_MANIFESTS_HELP),
+    task_type: Optional[str] = typer.Option(None, "--task-type", help=TASK_TYPE_HELP, show_default=False),
+    task_name: str = typer.Option("user", "--task-name", help=TASK_NAME_HELP),
+    target_field: Optional[str] = typer.Option(None, "--target-field", help=TARGET_FIELD_HELP, show_default=False),
+    task_metric: Optional[str] = typer.Option(None, "--task-metric", help=TASK_METRIC_HELP, show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in --out of the same model and task "
                                    "that were made with other inputs (data, weights, settings); without it they are "
                                    "an error."),
@@ -62,34 +62,22 @@ def command(
     if list_:
         typer.echo(list_tasks())
         return
-    if not model or out is None:
-        typer.echo("error: --model and --out are required (or use --list)", err=True)
+    if out is None:
+        typer.echo("error: --out is required (or use --list)", err=True)
         raise typer.Exit(2)
-    with user_errors():
+    with user_errors(out=out, device=device) as device:
         from ..probe import default_tasks, run_probe, write_reports
-        from ..tasks import get_task, user_task
 
+        refs = [m for item in model or [DEFAULT_MODEL] for m in split_csv(item)]
+        check_models(refs)
         if seeds < 1:
             raise ValueError("--seeds must be at least 1")
-        names = split_csv(tasks)
-        task_list: list = [get_task(n) for n in names]
-        if task_manifests:
-            from ..data.manifest import TARGET_FIELDS
-            from ..tasks import KINDS, METRICS
-
-            paths = split_csv(task_manifests)
-            if len(paths) != 3:
-                raise ValueError(f"--task-manifests needs train,dev,test (3 paths), got {len(paths)}")
-            if task_type not in KINDS:
-                raise ValueError(f"--task-type must be one of {', '.join(KINDS)}, not {task_type!r}")
-            if target_field not in TARGET_FIELDS:
-                raise ValueError(f"--target-field must be one of {', '.join(TARGET_FIELDS)}, not {target_field!r}")
-            if task_metric is not None and task_metric not in METRICS:
-                raise ValueError(f"--task-metric must be one of {', '.join(METRICS)}, not {task_metric!r}")
-            task_list.append(user_task(task_name, tuple(paths), task_type, target_field, metric=task_metric))
+        user = user_task_from_options(task_manifests, task_type, task_name, target_field, task_metric)
+        task_list: list = [get_task(n) for n in split_csv(tasks) if user is None or n != user.name]  # --tasks may name it
+        if user is not None:
+            task_list.append(user)
         if not task_list:
             task_list = [get_task(n) for n in default_tasks(str(fsdd) if fsdd else None)]
-        refs = [m for item in model for m in split_csv(item)]
         for k, ref in enumerate(refs, 1):  # the overall progress line: model k of N
             log.info("model %d/%d: %s on %d task(s): %s", k, len(refs), ref, len(task_list),
                      ", ".join(t.name for t in task_list))

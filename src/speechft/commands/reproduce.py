@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ._common import user_errors
+from ._common import check_models, device_option, user_errors
 
 
 def command(
@@ -18,13 +18,15 @@ def command(
     fsdd: Optional[str] = typer.Option(None, "--fsdd", help="Path to the Free Spoken Digit Dataset (for fsdd-* tasks)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes running independent jobs at once "
                                           "(default: up to 4 on CPU, splitting the cores; 1 with a GPU)."),
+    device: str = device_option(),
 ) -> None:
     """The paper's loop in one command: prepare data, stable and regular fine-tuning (+ baselines),
     Speech-FT merge, probes of every model on every task, α sweep, analyses, and OUT/report.md."""
     from ..pipeline import reproduce
     from ..pipeline_config import ReproduceConfig
 
-    with user_errors():
+    with user_errors(out=out, device=device):
         cfg = ReproduceConfig.load(config, seeds=seeds, model=model, fsdd=fsdd)
+        check_models([cfg.model])
         report = reproduce(cfg, out, quick=quick, workers=workers)
     typer.echo(f"report: {report}")

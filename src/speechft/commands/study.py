@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import user_errors
+from ._common import check_models, device_option, user_errors
 
 
 def command(
@@ -19,6 +19,7 @@ def command(
     fsdd: Optional[str] = typer.Option(None, "--fsdd", help="Path to the Free Spoken Digit Dataset (for fsdd-* tasks)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes running independent jobs at once "
                                           "(default: up to 4 on CPU, splitting the cores; 1 with a GPU)."),
+    device: str = device_option(),
 ) -> None:
     """The paper's experiment matrix: every scenario (fine-tuning task) x method (regular FT, Stable-FT,
     Speech-FT, baselines, multitask merges) x fine-tuning seed x probe seed, with bootstrap intervals
@@ -26,9 +27,10 @@ def command(
     from ..study import study
     from ..study_config import StudyConfig
 
-    with user_errors():
+    with user_errors(out=out, device=device):
         cfg = StudyConfig.load(config, fsdd=fsdd) if config else StudyConfig.default()
         if fsdd and not config:
             cfg = dataclasses.replace(cfg, fsdd=fsdd)
+        check_models([cfg.model])
         report = study(cfg, out, quick=quick, workers=workers)
     typer.echo(f"report: {report}")

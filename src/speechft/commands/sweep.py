@@ -6,15 +6,19 @@ from typing import List, Optional
 
 import typer
 
-from ._common import split_csv, user_errors
+from ._common import (DEFAULT_MODEL, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_METRIC_HELP, TASK_NAME_HELP,
+                      TASK_TYPE_HELP, check_models, device_option, get_task, split_csv, user_errors, user_task_from_options)
 from .merge import parse_floats
 
 
 def command(
-    pretrained: str = typer.Option(..., "--pretrained", help="θ₀: HF dir, 'speechft-tiny' or a hub id."),
-    finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′ (repeat, or list several after it)."),
+    pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help="θ₀: a model folder, speechft-tiny, "
+                                   "speechft-tiny-random or a hub id."),
+    finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′: model folders or fine-tuning run folders "
+                                        "(their encoder/); repeat, or list several after it."),
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),
-    tasks: str = typer.Option(..., "--tasks", help="Comma-separated probe tasks (see 'speechft probe --list')."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated probe tasks (see 'speechft probe "
+                                        "--list'); required unless --task-manifests gives your own task."),
     out: Path = typer.Option(..., "--out", help="Folder: sweep.jsonl (resumable), sweep.png, selected/."),
     alphas: str = typer.Option("0,0.1,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α values."),
     method: str = typer.Option("linear", "--method", help="linear | task_arithmetic | ties | dare | dare_ties."),
@@ -33,17 +37,33 @@ def command(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override every task's number of training epochs."),
     fsdd: Optional[Path] = typer.Option(None, "--fsdd", help="Free Spoken Digit Dataset clone (fsdd-* tasks)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache root."),
+    device: str = device_option(),
+    task_manifests: Optional[str] = typer.Option(None, "--task-manifests", help=TASK_MANIFESTS_HELP),
+    task_type: Optional[str] = typer.Option(None, "--task-type", help=TASK_TYPE_HELP, show_default=False),
+    task_name: str = typer.Option("user", "--task-name", help=TASK_NAME_HELP + " Usable in --select ft-task:NAME."),
+    target_field: Optional[str] = typer.Option(None, "--target-field", help=TARGET_FIELD_HELP, show_default=False),
+    task_metric: Optional[str] = typer.Option(None, "--task-metric", help=TASK_METRIC_HELP, show_default=False),
 ) -> None:
     """α sweep: merge θ₀ with the fine-tuned models at each α, probe each merged encoder on the tasks,
     append one record per (α, task) to OUT/sweep.jsonl (pairs already there are skipped), plot metric vs
     α to OUT/sweep.png and, with --select, save the chosen α's encoder to OUT/selected/."""
-    with user_errors():
+    with user_errors(out=out, device=device):
         from ..merge.sweep import run_sweep
 
+        check_models([pretrained, *finetuned, *(more or [])])
         if seeds < 1:
             raise ValueError("--seeds must be at least 1")
+        user = user_task_from_options(task_manifests, task_type, task_name, target_field, task_metric)
+        task_list: list = [t for t in split_csv(tasks) if user is None or t != user.name]  # --tasks may name it
+        if user is not None:
+            task_list.append(user)
+        if not task_list:
+            raise ValueError("--tasks (or --task-manifests) is required")
+        for t in task_list:
+            if isinstance(t, str):
+                get_task(t)
         res = run_sweep(
-            pretrained, [*finetuned, *(more or [])], parse_floats(alphas, "--alphas") or [], split_csv(tasks), out,
+            pretrained, [*finetuned, *(more or [])], parse_floats(alphas, "--alphas") or [], task_list, out,
             method=method, weights=parse_floats(weights, "--weights"), density=density, seed=seed,
             majority_sign=majority_sign, excluded=excluded, models=models, select=select,
             size="quick" if quick else "default", seeds=tuple(range(seeds)), limit=limit or None,

@@ -387,7 +387,7 @@ def load_checked_rows(
         raise DataValidationError(
             f"{len(report.bad)} of {report.total_rows[name]} rows in {name} failed validation:\n{lines}\n"
             f"{report.summary()}\n"
-            "Fix or remove these rows, or pass --skip-bad (skip_bad=True) to use only the good rows.",
+            "Fix or remove these rows, or pass --skip-bad to use only the good rows.",
             report)
     if report.bad:
         counts = ", ".join(f"{k}: {v}" for k, v in report.counts().most_common())

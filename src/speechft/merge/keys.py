@@ -1,7 +1,7 @@
 """Which tensors are merged, which keep θ₀'s values, which are dropped — and refusing bad inputs.
 
 Every encoder tensor is merged. Tensors of pre-training-only modules (HuBERT ``final_proj`` and
-``label_embs_concat``, wav2vec 2.0 ``quantizer``/``project_q``/``project_hid``) and of task heads
+``label_embs_concat``, the mask embedding ``masked_spec_embed``, wav2vec 2.0 ``quantizer``/``project_q``/``project_hid``) and of task heads
 (``lm_head``, ``classifier``, ``projector``, ...) are never mixed in: with ``excluded="keep"`` θ₀'s
 values are copied unchanged, with ``excluded="drop"`` they are left out; the fine-tuned models' values of
 those tensors are always ignored. Integer and 8-bit tensors cannot be interpolated and keep θ₀'s values.
@@ -24,6 +24,10 @@ EXCLUDED_MODULES: dict[str, str] = {
     "quantizer": "pre-training only",
     "project_q": "pre-training only",
     "project_hid": "pre-training only",
+    # the learned mask vector that replaces masked frames: only used when training with masking (HuBERT
+    # pre-training, SpecAugment); transformers builds it only when the config asks for masking, so two
+    # models of one architecture may differ in having it (speechft-tiny has it, speechft-tiny-random not)
+    "masked_spec_embed": "pre-training only",
     "lm_head": "task head",
     "classifier": "task head",
     "projector": "task head",

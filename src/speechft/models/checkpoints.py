@@ -63,6 +63,10 @@ def _corrupt(path: Path, err: BaseException) -> ValueError:
     return ValueError(f"truncated or corrupt checkpoint file {path}: {type(err).__name__}: {reason[:300]}")
 
 
+def _not_a_checkpoint(path: Path) -> ValueError:
+    return ValueError(f"{path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor safetensors")
+
+
 def _sniff(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(9)
@@ -99,13 +103,14 @@ def read_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False) -> tupl
     try:
         return torch.load(path, map_location="cpu", weights_only=True), None
     except pickle.UnpicklingError as e:
+        if kind == "unknown":  # neither a zip archive nor a pickle: nothing to unpickle, unsafe or not
+            raise _not_a_checkpoint(path) from None
         if "Weights only load failed" not in str(e):
             raise _corrupt(path, e) from None
         found = _unsafe_globals(path, str(e))
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError) as e:
         if kind == "unknown":
-            raise ValueError(f"{path} is not a PyTorch or safetensors checkpoint (truncated or corrupt checkpoint "
-                             f"file: {type(e).__name__}: {str(e)[:200]})") from None
+            raise _not_a_checkpoint(path) from None
         raise _corrupt(path, e) from None
     if not allow_unsafe_pickle:
         raise PermissionError(

@@ -82,13 +82,51 @@ class ModelRef:
     path: Optional[Path] = None
 
 
+def looks_local(ref: str) -> bool:
+    """A reference that can only be a path, never a hub id (``owner/name``): it starts with ``.``, ``/`` or
+    ``~``, has a backslash, no ``/`` or more than one, ends with ``/``, or its first part exists here
+    (``runs/nothere`` when ``runs/`` does). Such references are never sent to the hub."""
+    if ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") != 1 or ref.endswith("/"):
+        return True
+    return Path(ref.split("/", 1)[0]).exists()
+
+
+_RUN_FOLDERS_SAID: set = set()
+
+
+def _model_dir(path: Path, ref: str) -> Path:
+    """An existing folder -> the HF model directory it stands for: itself, or the ``encoder/`` of a
+    fine-tuning / pre-training run folder (said once in the log)."""
+    if is_hf_dir(path):
+        return path
+    if is_hf_dir(path / "encoder"):
+        if str(path) not in _RUN_FOLDERS_SAID:
+            _RUN_FOLDERS_SAID.add(str(path))
+            log.info("%s is a run folder: using its encoder %s", ref, path / "encoder")
+        return path / "encoder"
+    if not path.is_dir():
+        raise FileNotFoundError(f"model {ref!r}: not a directory (a model is a Hugging Face model folder; "
+                                "use 'speechft convert' for checkpoint files)")
+    if (path / "config.yaml").exists() or (path / "run.json").exists():
+        raise FileNotFoundError(f"model {ref!r}: a run folder without encoder/ (unfinished? continue it with "
+                                "--resume)")
+    raise FileNotFoundError(
+        f"{path}: not a Hugging Face model directory (no config.json); "
+        "use 'speechft convert' for fairseq/s3prl/Speech-FT checkpoints"
+    )
+
+
 def resolve_ref(ref: Optional[str]) -> ModelRef:
     """The one reading of a model reference (module docstring); ``None`` means ``speechft-tiny``.
 
-    Raises FileNotFoundError when the shipped model is missing, a folder is not a Hugging Face model
-    directory, or the reference is neither a built-in name, a folder nor a hub id (``owner/name``).
+    A fine-tuning or pre-training run folder stands for its ``encoder/``. Raises FileNotFoundError when
+    the shipped model is missing, a folder is not a Hugging Face model directory or a local-looking path
+    (:func:`looks_local`) does not exist, and UnknownNameError for a short name that is neither built in
+    nor a folder (with "did you mean"). Only ``owner/name`` references that are not local reach the hub.
     """
-    ref = ref or TINY_NAME
+    from ..utils.names import UnknownNameError, unknown_name
+
+    ref = str(ref or TINY_NAME)
     if ref == FBANK_NAME:
         return ModelRef(ref, "fbank")
     if ref == TINY_RANDOM_NAME:
@@ -99,13 +137,11 @@ def resolve_ref(ref: Optional[str]) -> ModelRef:
             f"the shipped model is missing from {path}; reinstall speechft or run 'speechft pretrain' to rebuild it"
         )
     if path.exists():
-        if not is_hf_dir(path):
-            raise FileNotFoundError(
-                f"{path}: not a Hugging Face model directory (no config.json); "
-                "use 'speechft convert' for fairseq/s3prl/Speech-FT checkpoints"
-            )
-        return ModelRef(ref, "dir", path)
-    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        return ModelRef(ref, "dir", _model_dir(path, ref))
+    if "/" not in ref and not ref.startswith((".", "~")) and "\\" not in ref:
+        raise UnknownNameError(unknown_name("model", ref, BUILTIN_NAMES, known_label="built-in models")
+                               + " (or give a model folder, or a hub id owner/name)")
+    if not looks_local(ref):
         return ModelRef(ref, "hub")
     raise FileNotFoundError(f"model {ref!r}: no such directory")
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import __version__
 from ..tasks import FSDD_TASKS, LITE_TASKS, Task, get_task
+from ..utils.device import default_device
 from ..utils.io import append_jsonl, check_writable, jsonl_lock, read_jsonl, rewrite_jsonl
 from ..utils.provenance import changes, file_digest, key_of, stat_digest
 from . import cache as fcache
@@ -374,7 +375,7 @@ def run_probe(
     """
     from ..vocab import Vocab
 
-    device = options.pop("device", "cpu") or "cpu"
+    device = options.pop("device", None) or default_device("cpu")  # the command's --device, else the CPU
     skip_bad = bool(options.pop("skip_bad", False))
     progress = bool(options.pop("progress", True))
     extract_bs = float(options.pop("extract_batch_seconds", fcache.EXTRACT_BATCH_SECONDS))
