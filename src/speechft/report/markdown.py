@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..probe import stats
-from ..probe.score import is_fbank_record, score_table, superb_score
+from ..probe.score import check_groups, is_fbank_record, superb_score
 from ..utils.io import atomic_write_text, read_jsonl
 
 class Results:
@@ -35,10 +35,10 @@ class Results:
         self.cells: dict = {}
         for r in self.records:
             self.cells.setdefault((owner[r["model"]], r["task"]), []).append(r)
-        for recs in self.cells.values():
-            score_table(recs)  # refuses records of one model made from other inputs
+        check_groups(self.records)  # refuses records of one model and task made from other inputs
         self._fb = {t: [r for r in self.records if is_fbank_record(r) and r["task"] == t] for t in self.tasks}
         self._reps: dict = {}
+        self._refs: dict = {}
 
     def meta(self, task: str) -> tuple[str, bool]:
         r = next((r for r in self.records if r["task"] == task), None)
@@ -52,11 +52,13 @@ class Results:
 
     def reference(self, task: str, data_key) -> Optional[tuple[float, float]]:
         """(s_FBANK, s_ref) of ``task`` on the test set ``data_key``, as probe.score scores it."""
-        fb = [float(r["value"]) for r in self._fb.get(task, []) if r.get("data_key") == data_key]
-        metric, higher = self.meta(task)
-        sc = superb_score({task: [0.0]}, fbank={task: fb} if fb else None, metrics={task: (metric, higher)})
-        info = sc["tasks"].get(task)
-        return (info["fbank"], info["reference"]) if info else None
+        if (task, data_key) not in self._refs:
+            fb = [float(r["value"]) for r in self._fb.get(task, []) if r.get("data_key") == data_key]
+            metric, higher = self.meta(task)
+            sc = superb_score({task: [0.0]}, fbank={task: fb} if fb else None, metrics={task: (metric, higher)})
+            info = sc["tasks"].get(task)
+            self._refs[(task, data_key)] = (info["fbank"], info["reference"]) if info else None
+        return self._refs[(task, data_key)]
 
     def points(self, row: str, task: str) -> Optional[float]:
         recs = self.cells.get((row, task))
