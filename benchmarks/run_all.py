@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # name -> (script, arguments)
 BENCHES = {"merge": ("merge", []), "probe": ("probe", []), "probe-ctc": ("probe", ["--task", "lite-pr", "--limit", "60"]),
-           "finetune": ("finetune", []), "e2e": ("e2e", ["--fresh-data"]), "e2e-full": ("e2e", ["--full", "--fresh-data"])}
+           "finetune": ("finetune", []), "encoder": ("encoder", []), "e2e": ("e2e", ["--fresh-data"]), "e2e-full": ("e2e", ["--full", "--fresh-data"])}
 ORDER = list(BENCHES)
 
 

@@ -49,6 +49,40 @@ def test_plan_pools_fine_tuning_seeds_and_merges_stable_models_for_multitask(tmp
     assert not rows["a / sweep α=0.5"].in_table
 
 
+def test_multitask_and_unsupervised_blocks_take_their_own_seed_counts(tmp_path):
+    cfg = StudyConfig(scenarios=(Scenario("a", "lite-ks", ("lora", "l2sp")), Scenario("b", "lite-style"),
+                                 Scenario("x", kind="unsupervised", languages=("hu",), ft_seeds=1)),
+                      multitask=Multitask(scenarios=("a", "b"), methods=("linear",), ft_seeds=1), ft_seeds=2,
+                      tasks=("lite-ks",), freeze_cnn=False)
+    plan = plan_study(cfg, tmp_path, ["lite-ks"])
+    rows = {r.label: r for r in plan.rows}
+    assert len(rows["multitask / multitask mean τ"].models) == 1
+    assert len(rows["x / continued (α=1)"].models) == 1 and len(rows["a / Stable-FT"].models) == 2
+    shared = plan.jobs[[j.name for j in plan.jobs].index("extract / lite-ks")].kwargs["refs"]
+    # LoRA keeps θ₀'s CNN frozen: its features come from the shared pass; L2-SP and regular FT train it
+    assert any("lora-ft0" in r for r in shared) and not any("l2sp" in r or "regular" in r for r in shared)
+    assert "freeze_cnn" not in {j.name: j for j in plan.jobs}["a: finetune-regular ft0"].kwargs["options"]
+
+
+def test_freeze_cnn_keeps_thetas_cnn_in_every_recipe_and_shares_its_features(tmp_path):
+    cfg = StudyConfig(scenarios=(Scenario("a", "lite-ks", ("l2sp",)),), tasks=("lite-ks",))
+    assert cfg.freeze_cnn  # the official code path: the CNN never receives gradients
+    plan = plan_study(cfg, tmp_path, ["lite-ks"])
+    by = {j.name: j for j in plan.jobs}
+    assert by["a: finetune-regular ft1"].kwargs["options"]["freeze_cnn"] is True
+    assert by["a: finetune-l2sp ft0"].kwargs["options"]["freeze_cnn"] is True
+    shared = by["extract / lite-ks"].kwargs["refs"]
+    assert any("regular-ft1" in r for r in shared) and any("l2sp-ft0" in r for r in shared)
+
+
+def test_multitask_seeds_cannot_exceed_the_studys(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("ft_seeds: 2\nscenarios: [{name: a, task: lite-ks}]\n"
+                    "multitask: {scenarios: [a], ft_seeds: 3}\n")
+    with pytest.raises(ValueError, match="multitask: ft_seeds"):
+        StudyConfig.load(path)
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end_every_section_and_resume(tmp_path, lite_quick, monkeypatch):
     from conftest import make_tiny_encoder

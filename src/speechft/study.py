@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import pipeline as P
+from .finetune.recipes import get_recipe
 from .study_config import StudyConfig
 from .utils.io import atomic_write_text, check_writable
 from .utils.jobs import Job, Stages, default_workers, run_jobs
@@ -102,7 +103,7 @@ def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0:
     plan.jobs.append(Job(prep, _prepare_audio, dict(languages=list(sc.languages), hours=sc.hours, out=str(audio)),
                          always=True, cost=30))
     cont, sft = [], []
-    for k in range(cfg.ft_seeds):
+    for k in range(cfg.seeds_of(sc)):
         rdir = root / "pretrain" / f"continued-ft{k}"
         job = f"{sc.name}: continued pre-training ft{k}"
         plan.jobs.append(Job(job, _continue_pretraining, dict(model=cfg.model, audio=str(audio), steps=sc.steps, lr=sc.lr,
@@ -156,6 +157,8 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
                 job = f"{sc.name}: finetune-{recipe} ft{k}"
                 early = recipe == "stable" and "early" in sc.baselines and k < cfg.baseline_ft_seeds
                 opts = P.recipe_options(cfg, recipe, seed=k, save_every=cfg.early_step if early else 0)
+                if cfg.freeze_cnn and not get_recipe(recipe).freeze_cnn:
+                    opts["freeze_cnn"] = True
                 plan.jobs.append(Job(job, P._finetune, dict(model=cfg.model, task=sc.task, recipe=recipe, rdir=str(rdir),
                                                             options=opts, **data),
                                      deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=theta0,
@@ -163,8 +166,9 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
                 name = _name(sc.name, METHOD_NAMES[recipe], k)
                 models.append((name, str(rdir / "encoder")))
                 made_by[name] = job
-                if recipe == "stable":
+                if opts.get("freeze_cnn", get_recipe(recipe).freeze_cnn):  # θ₀'s CNN: features from the shared pass
                     shared_cnn.add(name)
+                if recipe == "stable":
                     stable_dirs[(sc.name, k)] = str(rdir / "encoder")
             rows[recipe] = StudyRow(sc.name, METHOD_NAMES[recipe], P.ROLE_REGULAR if recipe == "regular" else
                                     P.ROLE_STABLE if recipe == "stable" else P.ROLE_BASELINE, tuple(models))
@@ -225,7 +229,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
     if mt and mt.scenarios:
         for method in mt.methods:
             models = []
-            for k in range(cfg.ft_seeds):
+            for k in range(cfg.seeds_of(mt)):
                 mdir = out / "multitask" / f"{method}-ft{k}"
                 job = f"multitask: merge {method} ft{k}"
                 n = len(mt.scenarios)

@@ -23,6 +23,14 @@ MULTITASK_METHODS = ("linear", "ties", "dare")
 KINDS = ("supervised", "unsupervised")
 
 
+def _seeds(value, where: str) -> Optional[int]:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -34,6 +42,7 @@ class Scenario:
     hours: float = 0.5  # unsupervised: hours of that audio
     steps: int = 300  # unsupervised: continued pre-training steps
     lr: float = 2e-4  # unsupervised: peak learning rate of the continued pre-training
+    ft_seeds: Optional[int] = None  # unsupervised: continued pre-training seeds (None: the study's ft_seeds)
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Multitask:
     methods: tuple = MULTITASK_METHODS
     alpha: float = 1.0  # θ₀ + α·mean τᵢ (the paper's multitask merge: the mean task vector)
     density: float = 0.5  # ties / dare
+    ft_seeds: Optional[int] = None  # merges of Stable-FT seeds 0..N-1 (None: the study's ft_seeds)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,9 @@ class StudyConfig:
     beta: float = 0.1
     alpha: float = 0.25
     l2sp_lambda: float = 1.0
+    # keep θ₀'s CNN frozen in every recipe (regular FT and L2-SP too), as the official Speech-FT code path
+    # does (its CNN never receives gradients); false: those recipes train it (speechft finetune's default)
+    freeze_cnn: bool = True
     lora_rank: int = 8
     early_step: int = 100  # the early-stop baseline: Stable-FT's encoder at this step
     sweep_alphas: tuple = (0.0, 0.25, 0.5, 1.0)  # per scenario, on fine-tuning seed 0
@@ -108,7 +121,8 @@ class StudyConfig:
             scen.append(Scenario(name=str(s["name"]), task=s.get("task"), baselines=tuple(s.get("baselines") or ()),
                                  description=str(s.get("description", "")), kind=kind,
                                  languages=tuple(s.get("languages") or ()), hours=float(s.get("hours", 0.5)),
-                                 steps=int(s.get("steps", 300)), lr=float(s.get("lr", 2e-4))))
+                                 steps=int(s.get("steps", 300)), lr=float(s.get("lr", 2e-4)),
+                                 ft_seeds=_seeds(s.get("ft_seeds"), f"{where}: scenario {s['name']}: ft_seeds")))
         names = [s.name for s in scen]
         if len(set(names)) != len(names):
             raise ValueError(f"{where}: scenario names must be unique, got {names}")
@@ -126,7 +140,8 @@ class StudyConfig:
                 raise ValueError(f"{where}: multitask: unknown method(s) {bad}; known: {', '.join(MULTITASK_METHODS)}")
             data["multitask"] = Multitask(scenarios=tuple(mt.get("scenarios", supervised)),
                                           methods=tuple(mt.get("methods", MULTITASK_METHODS)),
-                                          alpha=float(mt.get("alpha", 1.0)), density=float(mt.get("density", 0.5)))
+                                          alpha=float(mt.get("alpha", 1.0)), density=float(mt.get("density", 0.5)),
+                                          ft_seeds=_seeds(mt.get("ft_seeds"), f"{where}: multitask: ft_seeds"))
         cfg = cls(**data)
         for t in cfg.tasks:
             get_task(t)
@@ -134,7 +149,14 @@ class StudyConfig:
             raise ValueError(f"{where}: at least one scenario is needed")
         if cfg.ft_seeds < 1 or cfg.probe_seeds < 1 or cfg.baseline_ft_seeds < 1:
             raise ValueError(f"{where}: ft_seeds, probe_seeds and baseline_ft_seeds must be at least 1")
+        if cfg.multitask and cfg.multitask.ft_seeds and cfg.multitask.ft_seeds > cfg.ft_seeds:
+            raise ValueError(f"{where}: multitask: ft_seeds ({cfg.multitask.ft_seeds}) cannot exceed the study's "
+                             f"ft_seeds ({cfg.ft_seeds}): it merges those Stable-FT models")
         return cfg
+
+    def seeds_of(self, block) -> int:
+        """Fine-tuning seeds of an unsupervised scenario or the multitask block (its own, else the study's)."""
+        return block.ft_seeds or self.ft_seeds
 
     @classmethod
     def default(cls) -> "StudyConfig":
@@ -148,8 +170,10 @@ class StudyConfig:
                 Scenario("real-speech", "fsdd-ks", (), "Supervised fine-tuning on real recorded digits (FSDD)."))
         unsup = Scenario("cross-lingual", None, (), "Unsupervised fine-tuning: continued HuBERT pre-training of θ₀ on "
                          "speech in six languages it never heard (hu, tr, sw, id, cs, vi), then Speech-FT's merge.",
-                         kind="unsupervised", languages=("hu", "tr", "sw", "id", "cs", "vi"), hours=0.5, steps=300)
-        return cls(scenarios=scen + (unsup,), multitask=Multitask(scenarios=tuple(s.name for s in scen)), size="study")
+                         kind="unsupervised", languages=("hu", "tr", "sw", "id", "cs", "vi"), hours=0.5, steps=300,
+                         ft_seeds=1)
+        return cls(scenarios=scen + (unsup,), multitask=Multitask(scenarios=tuple(s.name for s in scen), ft_seeds=1),
+                   size="study", ft_batch_seconds=6.0)
 
     @classmethod
     def quick(cls, base: "StudyConfig") -> "StudyConfig":

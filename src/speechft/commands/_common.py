@@ -21,7 +21,7 @@ log = logging.getLogger("speechft")
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, UnknownNameError, ValueError, OSError)
 
 DEFAULT_MODEL = TINY_NAME  # the model every verb uses when a model is optional and none is named
-MODEL_REFS = ("speechft-tiny (default), speechft-tiny-random, fbank, a model folder, a run folder (its encoder/) "
+MODEL_REFS = ("speechft-tiny (default), speechft-tiny-v1, speechft-tiny-random, fbank, a model folder, a run folder (its encoder/) "
               "or a hub id")
 # What the user-task options mean, in every verb that takes them (finetune, probe, sweep).
 TASK_MANIFESTS_HELP = "Your own task: train.jsonl,dev.jsonl,test.jsonl (manifests with the target field)."

@@ -13,7 +13,7 @@ from .merge import parse_floats
 
 def command(
     pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help="θ₀: a model folder, speechft-tiny, "
-                                   "speechft-tiny-random or a hub id."),
+                                   "speechft-tiny-v1, speechft-tiny-random or a hub id."),
     finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′: model folders or fine-tuning run folders "
                                         "(their encoder/); repeat, or list several after it."),
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),

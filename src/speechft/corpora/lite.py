@@ -69,9 +69,10 @@ class Size:
 SIZES = {
     "quick": Size(40, 15, 15, 2, 6),  # for tests: seconds to make, every class still in train
     "default": Size(300, 100, 100, 4, 10),  # for the demo: sized so that `make demo` probes 5 models x 9 tasks in minutes
-    # for the study: the default train/dev sizes with 6x the test utterances, so that the 95 % interval of a
-    # paired difference resolves a few points of accuracy (the widths are measured in the study's report)
-    "study": Size(300, 100, 600, 4, 10),
+    # for the study: 6x the default test utterances, so that the 95 % interval of a paired difference
+    # resolves a few points of accuracy (the widths are measured in the study's report), and 2/3 of its train
+    # utterances, so that ~40 models x 9 tasks x 3 probe seeds fit the study's time budget
+    "study": Size(200, 100, 600, 4, 10),
 }
 
 
@@ -287,7 +288,7 @@ def prepare(out_dir: str | Path, size: str = "default", seed: int = 0, tasks: Op
     """Synthesise (or find cached) lite tasks; returns ``{task: {split: manifest path}}``.
 
     ``size``: ``quick`` (tests; ~40/15/15 utterances per task), ``default`` (demo; 300/100/100) or ``study``
-    (300/100/600: larger test sets for intervals).
+    (200/100/600: larger test sets for intervals).
     ``tasks``: a subset of :data:`TASKS` (all by default). ``jobs``: parallel espeak-ng processes.
     """
     if size not in SIZES:

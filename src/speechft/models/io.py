@@ -4,6 +4,7 @@ Model references, read by :func:`resolve_ref` for :func:`load_encoder` and for
 :func:`resolve_model_dir` (merging):
 
 * ``speechft-tiny``          the pre-trained default shipped inside the package
+* ``speechft-tiny-v1``       its first version, shipped too (to compare results)
 * ``speechft-tiny-random``   the same architecture, randomly initialised (fixed seed)
 * ``fbank``                  log-mel filterbank frames (SUPERB's lower reference)
 * a local directory          any transformers speech model saved with ``save_pretrained``
@@ -131,10 +132,11 @@ def resolve_ref(ref: Optional[str]) -> ModelRef:
         return ModelRef(ref, "fbank")
     if ref == TINY_RANDOM_NAME:
         return ModelRef(ref, "random")
-    path = paths.ASSETS_DIR / TINY_NAME if ref == TINY_NAME else Path(ref).expanduser()
-    if ref == TINY_NAME and not is_hf_dir(path):
+    shipped = paths.shipped_dir(ref)
+    path = shipped or Path(ref).expanduser()
+    if shipped and not is_hf_dir(path):
         raise FileNotFoundError(
-            f"the shipped model is missing from {path}; reinstall speechft or run 'speechft pretrain' to rebuild it"
+            f"the shipped model {ref} is missing from {path}; reinstall speechft or run 'speechft pretrain' to rebuild it"
         )
     if path.exists():
         return ModelRef(ref, "dir", _model_dir(path, ref))

@@ -77,12 +77,11 @@ def _build_model(cfg: PretrainConfig, init: Optional[str]):
 
 def _init_dir(init: Optional[str]) -> Optional[Path]:
     """Folder of the init model (where its kmeans.npz / pretrain_head.safetensors may sit), if local."""
-    from ..models.io import TINY_NAME
-    from ..paths import ASSETS_DIR
+    from ..paths import shipped_dir
 
     if init is None:
         return None
-    return ASSETS_DIR / TINY_NAME if init == TINY_NAME else Path(init).expanduser()
+    return shipped_dir(init) or Path(init).expanduser()
 
 
 def _lr_lambda(cfg: PretrainConfig):

@@ -82,6 +82,14 @@ def interval_widths(res: Results, tasks: Sequence[str]) -> list[str]:
     return out
 
 
+def _block_seeds(cfg) -> str:
+    """', 1 for multitask, ...': the blocks whose fine-tuning seeds differ from the study's."""
+    blocks = [(s.name, cfg.seeds_of(s)) for s in cfg.scenarios if s.kind == "unsupervised"]
+    if cfg.multitask and cfg.multitask.scenarios:
+        blocks.append(("multitask", cfg.seeds_of(cfg.multitask)))
+    return "".join(f", {n} for {name}" for name, n in blocks if n != cfg.ft_seeds)
+
+
 def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequence[str], timings: dict,
                        run_info: Optional[dict] = None, probe_keys: Optional[set] = None) -> Path:
     import torch
@@ -96,7 +104,8 @@ def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequ
     lines = ["# speechft study report", "",
              f"Pre-trained model **{cfg.model}**; {len(cfg.scenarios)} fine-tuning scenario(s); "
              f"{cfg.ft_seeds} fine-tuning seed(s) for regular FT / Stable-FT / Speech-FT "
-             f"({cfg.baseline_ft_seeds} for baselines), {cfg.probe_seeds} probe seed(s) per model and task; "
+             f"({cfg.baseline_ft_seeds} for baselines{_block_seeds(cfg)}), {cfg.probe_seeds} probe seed(s) per model "
+             "and task; "
              f"{cfg.ft_steps} fine-tuning steps at lr {cfg.ft_lr:g}; Speech-FT α = {cfg.alpha:g}; lite data size "
              f"**{cfg.size}**.", "",
              "Every cell: mean over fine-tuning seeds of the mean over probe seeds, with its 95 % bootstrap interval "
