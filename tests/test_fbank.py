@@ -1,6 +1,8 @@
 """The FBANK baseline encoder and the built-in model references."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,16 @@ def test_builtin_references_load():
     assert len(states) == rnd.num_layers + 1
     assert all(s.shape[-1] == rnd.hidden_size and torch.isfinite(s).all() for s in states)
     assert flens.tolist()[0] > flens.tolist()[1]
+
+
+def test_both_shipped_versions_load_and_differ():
+    """speechft-tiny (v2) is the default; v1 stays loadable under its own name for comparisons."""
+    from speechft.paths import SHIPPED_NAMES, shipped_dir
+
+    assert {"speechft-tiny", "speechft-tiny-v1"} <= set(SHIPPED_NAMES)
+    v2, v1 = load_encoder("speechft-tiny"), load_encoder("speechft-tiny-v1")
+    assert (v2.num_layers, v2.hidden_size) == (v1.num_layers, v1.hidden_size)
+    assert v2.fingerprint() != v1.fingerprint()
+    for name in ("speechft-tiny", "speechft-tiny-v1"):
+        card = json.loads((shipped_dir(name) / "speechft_card.json").read_text())
+        assert card["name"] == name

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import pipeline as P
-from .finetune.recipes import get_recipe
+from .finetune.recipes import cnn_frozen, get_recipe
 from .study_config import StudyConfig
 from .utils.io import atomic_write_text, check_writable
 from .utils.jobs import Job, Stages, default_workers, run_jobs
@@ -166,7 +166,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
                 name = _name(sc.name, METHOD_NAMES[recipe], k)
                 models.append((name, str(rdir / "encoder")))
                 made_by[name] = job
-                if opts.get("freeze_cnn", get_recipe(recipe).freeze_cnn):  # θ₀'s CNN: features from the shared pass
+                if cnn_frozen(get_recipe(recipe), opts.get("freeze_cnn")):  # θ₀'s CNN: features from the shared pass
                     shared_cnn.add(name)
                 if recipe == "stable":
                     stable_dirs[(sc.name, k)] = str(rdir / "encoder")

@@ -60,10 +60,15 @@ def get_recipe(name: str) -> Recipe:
     return lookup(RECIPES, name, "fine-tuning recipe", "known recipes")
 
 
+def cnn_frozen(recipe: Recipe, freeze_cnn: Optional[bool]) -> bool:
+    """Whether ``recipe`` keeps the CNN feature extractor frozen: ``freeze_cnn`` where set, else the recipe's default."""
+    return recipe.freeze_cnn if freeze_cnn is None else bool(freeze_cnn)
+
+
 def resolved_knobs(recipe: Recipe, cfg) -> dict:
     """``{"beta", "freeze_cnn"}``: the config's value where set, else the recipe's."""
     beta = recipe.beta if cfg.beta is None else float(cfg.beta)
-    freeze = recipe.freeze_cnn if cfg.freeze_cnn is None else bool(cfg.freeze_cnn)
+    freeze = cnn_frozen(recipe, cfg.freeze_cnn)
     if recipe.adapter and not freeze:
         raise ValueError(f"recipe {recipe.name}: freeze_cnn=false does not apply (only adapters train)")
     return {"beta": beta, "freeze_cnn": freeze}
