@@ -100,3 +100,29 @@ def test_a_summary_never_states_an_ordering_whose_interval_contains_zero():
             lo, hi = float(m.group(1)), float(m.group(2))
             ordered = re.search(r"improves on|is worse than|is above|is below", line)
             assert bool(ordered) == (lo > 0 or hi < 0), line
+
+
+def test_compare_models_script_prints_intervals_and_flags_a_null_difference(tmp_path, capsys):
+    """scripts/compare_models.py (the model cards' tables): a clear gap is an ordering, identical
+    models are 'n.s.', and a model missing from the records is one error line with exit code 2."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from test_provenance import _rec
+
+    spec = importlib.util.spec_from_file_location("compare_models", Path(__file__).parents[1] / "scripts" / "compare_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = [_rec("FBANK", "t", 0.1, n=200), _rec("a", "t", 0.9, n=200), _rec("b", "t", 0.5, n=200),
+            _rec("b2", "t", 0.5, n=200)]
+    recs[-1]["group_key"] = recs[-2]["group_key"].replace("b-", "b2-")
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert mod.main([str(tmp_path), "--rows", "FBANK=FBANK", "A=a", "B=b", "--compare", "A", "B"]) == 0
+    out = capsys.readouterr().out
+    diff_line = out.strip().splitlines()[-1]
+    assert "+40.0 [" in diff_line and "n.s." not in diff_line
+    assert mod.main([str(tmp_path), "--rows", "FBANK=FBANK", "B=b", "C=b2", "--compare", "B", "C"]) == 0
+    assert "+0.0 [+0.0, +0.0] (n.s.)" in capsys.readouterr().out
+    assert mod.main([str(tmp_path), "--rows", "X=nothere"]) == 2
+    assert "no records of model 'nothere'" in capsys.readouterr().err
