@@ -14,7 +14,6 @@ record to benchmarks/results/encoder.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -26,7 +25,9 @@ RESULTS = HERE / "results" / "encoder.jsonl"
 
 
 def weight_bytes(model_dir) -> int:
-    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors") if p.name == "model.safetensors")
+    """Size of the shipped weights (``model.safetensors``; 0 where there is none)."""
+    path = Path(model_dir) / "model.safetensors"
+    return path.stat().st_size if path.is_file() else 0
 
 
 def main(argv=None) -> int:
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     import torch
 
     from speechft.models.io import load_encoder, resolve_model_dir
+    from speechft.utils.io import append_jsonl
 
     torch.set_num_threads(args.threads)
     refs = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -74,9 +76,7 @@ def main(argv=None) -> int:
         print(f"{r:<40} {m['median_s_per_audio_s']:.5f} ({m['min']:.5f}-{m['max']:.5f}){'':<14} "
               f"{m['ratio_to_first']:.3f} ({m['round_ratio_min']:.2f}-{m['round_ratio_max']:.2f})     "
               f"{size / 1e6:.1f} MB")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_jsonl(RESULTS, rec)
     return 0
 
 

@@ -11,11 +11,11 @@ the same utterances), the same path as the reports.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from speechft.report.markdown import Results, render_table
+from speechft.utils.io import read_jsonl
 
 
 def _fmt(iv, scale: float, digits: int) -> str:
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     if not path.is_file():
         print(f"error: {path}: no such file (expected a `speechft probe --out` folder)", file=sys.stderr)
         return 2
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_jsonl(path)
     rows = {}
     for item in args.rows:
         label, sep, model = item.partition("=")

@@ -150,6 +150,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
         recipes = ["regular", "stable"] + [b for b in sc.baselines if b in METHOD_NAMES]
         rows: dict = {}
         for recipe in recipes:
+            rec = get_recipe(recipe)
             n_seeds = cfg.ft_seeds if recipe in ("regular", "stable") else cfg.baseline_ft_seeds
             models = []
             for k in range(n_seeds):
@@ -157,7 +158,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
                 job = f"{sc.name}: finetune-{recipe} ft{k}"
                 early = recipe == "stable" and "early" in sc.baselines and k < cfg.baseline_ft_seeds
                 opts = P.recipe_options(cfg, recipe, seed=k, save_every=cfg.early_step if early else 0)
-                if cfg.freeze_cnn and not get_recipe(recipe).freeze_cnn:
+                if cfg.freeze_cnn and not rec.freeze_cnn:
                     opts["freeze_cnn"] = True
                 plan.jobs.append(Job(job, P._finetune, dict(model=cfg.model, task=sc.task, recipe=recipe, rdir=str(rdir),
                                                             options=opts, **data),
@@ -166,7 +167,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
                 name = _name(sc.name, METHOD_NAMES[recipe], k)
                 models.append((name, str(rdir / "encoder")))
                 made_by[name] = job
-                if cnn_frozen(get_recipe(recipe), opts.get("freeze_cnn")):  # θ₀'s CNN: features from the shared pass
+                if cnn_frozen(rec, opts.get("freeze_cnn")):  # θ₀'s CNN: features from the shared pass
                     shared_cnn.add(name)
                 if recipe == "stable":
                     stable_dirs[(sc.name, k)] = str(rdir / "encoder")
