@@ -5,6 +5,7 @@ intervals, and the paired differences of one model against another (the model ca
         v1=speechft-tiny-v1 v2=speechft-tiny --compare v2 v1
 
 Rows are LABEL=MODEL, MODEL being the ``model`` field of the records (as `speechft probe` wrote it).
+The score needs the FBANK row (its records are the scale's zero); without it the score column is "–".
 Intervals come from speechft.probe.stats (test utterances and seeds resampled; differences paired on
 the same utterances), the same path as the reports.
 """
@@ -19,6 +20,8 @@ from speechft.utils.io import read_jsonl
 
 
 def _fmt(iv, scale: float, digits: int) -> str:
+    if iv is None:  # e.g. the score without an FBANK row to normalise by
+        return "–"
     v = iv.scaled(scale)
     return f"{v.mean:+.{digits}f} [{v.lo:+.{digits}f}, {v.hi:+.{digits}f}]" + ("" if v.excludes_zero else " (n.s.)")
 

@@ -124,5 +124,7 @@ def test_compare_models_script_prints_intervals_and_flags_a_null_difference(tmp_
     assert "+40.0 [" in diff_line and "n.s." not in diff_line
     assert mod.main([str(tmp_path), "--rows", "FBANK=FBANK", "B=b", "C=b2", "--compare", "B", "C"]) == 0
     assert "+0.0 [+0.0, +0.0] (n.s.)" in capsys.readouterr().out
+    assert mod.main([str(tmp_path), "--rows", "A=a", "B=b", "--compare", "A", "B"]) == 0  # no FBANK row: no score
+    assert capsys.readouterr().out.strip().endswith("| – |")
     assert mod.main([str(tmp_path), "--rows", "X=nothere"]) == 2
     assert "no records of model 'nothere'" in capsys.readouterr().err
