@@ -245,12 +245,68 @@ def test_shared_extraction_gives_bit_identical_caches(tmp_path, tones):
     for enc in (base, kid):
         for split in ("train", "dev", "test"):
             rows = read_manifest(tones.manifests[("train", "dev", "test").index(split)])
-            a = fcache.FeatureCache(fcache.split_folder(tones, split, "default", fcache.model_key(enc), tmp_path / "shared"))
-            b = fcache.FeatureCache(fcache.split_folder(tones, split, "default", fcache.model_key(enc), tmp_path / "alone"))
+            # (a pooled task: its cache is pooled-only)
+            a, b = (fcache.FeatureCache(fcache.split_folder(tones, split, "default", fcache.model_key(enc), tmp_path / r,
+                                                            pooled_only=True)) for r in ("shared", "alone"))
             ids = [r.id for r in rows]
-            fa, fb = a.frames(ids), b.frames(ids)
-            assert len(fa) == len(fb) == len(ids) > 0 and all(np.array_equal(x, y) for x, y in zip(fa, fb))
+            assert len(ids) > 0 and np.array_equal(a.pooled(ids), b.pooled(ids))
+    # frames too: one shared pass into full caches equals separate extractions bit for bit
+    rows = read_manifest(tones.manifests[0])
+    shared = fcache.ensure_features_many([base, kid], rows, [tmp_path / "fs" / "a", tmp_path / "fs" / "b"], progress=False)
+    for enc, c in zip((base, kid), shared):
+        alone = fcache.ensure_features(enc, rows, tmp_path / "fa" / fcache.model_key(enc), progress=False)
+        ids = [r.id for r in rows]
+        assert all(np.array_equal(x, y) for x, y in zip(c.frames(ids), alone.frames(ids)))
     # the probe then finds everything cached: no encoder forward at all
     counting = CountingEncoder(kid)
     run_probe(counting, [tones], tmp_path / "p", epochs=1, cache_dir=tmp_path / "shared", progress=False)
     assert counting.forwards == 0
+
+
+def test_pooled_only_cache_holds_the_same_vectors_and_no_frames(tmp_path, tones):
+    """A pooled-only split stores exactly the pooled vectors of a full one, no frame file, and a
+    head trained on it gives the identical result; its frames cannot be read by mistake."""
+    enc = CountingEncoder(make_tiny_encoder())
+    rows = {s: read_manifest(p) for s, p in zip(("train", "dev", "test"), tones.manifests)}
+    full = {s: fcache.ensure_features(enc, rs, tmp_path / "full" / s, progress=False) for s, rs in rows.items()}
+    only = {s: fcache.ensure_features(enc, rs, tmp_path / "pooled" / s, progress=False, pooled_only=True)
+            for s, rs in rows.items()}
+    for s, rs in rows.items():
+        ids = [r.id for r in rs]
+        np.testing.assert_array_equal(only[s].pooled(ids), full[s].pooled(ids))
+        assert [only[s].num_frames(u) for u in ids] == [full[s].num_frames(u) for u in ids]
+        assert not [p for p in only[s].folder.glob("shard-*.npy") if not p.name.endswith(".pooled.npy")]
+        assert only[s].size_bytes() * 5 < full[s].size_bytes()
+    with pytest.raises(ValueError, match="pooled vectors only"):
+        only["train"].frames([rows["train"][0].id])
+    vocab = Vocab.build(tones, rows["train"])
+    targets = {s: [vocab.encode(tones, r) for r in rs] for s, rs in rows.items()}
+    cfg = default_config(tones, epochs=3)
+    res = []
+    for caches in (full, only):
+        torch.manual_seed(0)
+        head = build_head(tones, enc.hidden_size, enc.num_layers + 1, vocab)
+        src = {s: CachedSource(c, [r.id for r in rows[s]]) for s, c in caches.items()}
+        res.append(train_head(head, tones, vocab, src, targets, {}, cfg, 0, enc.frame_rate, progress=False))
+    assert res[0]["value"] == res[1]["value"] and res[0]["layer_weights"] == res[1]["layer_weights"]
+    # resumable and keyed like a full cache: nothing re-extracted; changed audio is
+    enc.utterances = 0
+    fcache.ensure_features(enc, rows["train"], tmp_path / "pooled" / "train", progress=False, pooled_only=True)
+    assert enc.utterances == 0
+    moved = Utterance(**{**rows["train"][0].__dict__, "audio": rows["train"][1].audio})
+    fcache.ensure_features(enc, [moved] + rows["train"][1:], tmp_path / "pooled" / "train", progress=False,
+                           pooled_only=True)
+    assert enc.utterances == 1
+
+
+def test_pooled_tasks_get_their_own_cache_folder(tmp_path, tones):
+    """run_probe puts a pooled task's features in a ``-pooled`` folder, which a frame task's folder
+    name never equals, so a frame task is never served from a cache without frames."""
+    enc = make_tiny_encoder()
+    run_probe(enc, [tones], tmp_path / "out", epochs=1, cache_dir=tmp_path / "cache", progress=False)
+    folders = sorted(p.name for p in (tmp_path / "cache" / fcache.model_key(enc)).iterdir())
+    assert folders and all(f.endswith("-pooled") for f in folders)
+    for s in ("train", "dev", "test"):
+        framed = fcache.split_folder(tones, s, "default", "m", tmp_path)
+        assert fcache.split_folder(tones, s, "default", "m", tmp_path, pooled_only=True) != framed
+        assert not framed.name.endswith("-pooled")

@@ -86,7 +86,8 @@ def test_rewritten_audio_is_extracted_again_not_read_from_the_feature_cache(tmp_
     # the cache re-extracted the rewritten utterances instead of serving the old features
     from speechft.probe import cache as fcache
 
-    folder = fcache.split_folder(tones, "test", "default", make_tiny_encoder().fingerprint(), cache)
+    folder = fcache.split_folder(tones, "test", "default", make_tiny_encoder().fingerprint(), cache,
+                                 pooled_only=True)  # a pooled task
     c = fcache.FeatureCache(folder)
     version = fcache.encoder_version(make_tiny_encoder())
     assert all(c.has(r, version) for r in rows)

@@ -7,6 +7,11 @@ split (``data_home()/features/<model key>/<corpus-subset-split>/`` by default)::
     shard-<tag>.pooled.npy  float32 [N_utts, L+1, F]    per-layer mean over each utterance's frames
     shard-<tag>.json        index: one entry per utterance {id, key, offset, frames, row}
 
+A *pooled-only* split (folder name ending ``-pooled``, :func:`split_folder`) holds no frame file: the
+tasks that read it (utterance classification, :func:`speechft.probe.train.uses_pooled`) only ever
+read pooled vectors, which are ~T times smaller than the frames (lite-sid, study size: MB instead of
+GB per model). Its ``frames()`` raises instead of returning anything.
+
 The JSON sidecar is written last (atomically), so a shard is visible only once complete and an
 interrupted extraction resumes where it stopped. An utterance's cache key combines its audio path, the
 file's size and mtime, and the encoder version (:func:`encoder_version`); the model's weight
@@ -66,9 +71,12 @@ def utterance_key(row: Utterance, version: str) -> str:
     return hashlib.sha1(f"{version}|{row.audio}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def estimate_bytes(seconds: float, encoder) -> int:
+def estimate_bytes(seconds: float, encoder, utterances: int = 0, pooled_only: bool = False) -> int:
+    """Bytes written for ``seconds`` of audio in ``utterances`` utterances: float16 frames (unless
+    ``pooled_only``) plus one float32 pooled vector per utterance."""
     states = encoder.num_layers + 1
-    return int(seconds * encoder.frame_rate * states * encoder.hidden_size * 2)
+    pooled = utterances * states * encoder.hidden_size * 4
+    return pooled + (0 if pooled_only else int(seconds * encoder.frame_rate * states * encoder.hidden_size * 2))
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
@@ -110,13 +118,14 @@ class FeatureCache:
                 log.warning("ignoring unreadable cache index %s (%s); its utterances will be re-extracted", side, e)
                 continue
             shard = side.name[: -len(".json")]
-            if not (self.folder / f"{shard}.npy").exists():
+            pooled_only = bool(meta.get("pooled_only", False))
+            if not (self.folder / f"{shard}{'.pooled.npy' if pooled_only else '.npy'}").exists():
                 if side not in _WARNED:  # once per process, not at every reload
                     _WARNED.add(side)
                     log.warning("cache index %s has no data file; its utterances will be re-extracted", side)
                 continue
             for e in meta["utts"]:
-                self.entries[e["id"]] = {**e, "shard": shard}
+                self.entries[e["id"]] = {**e, "shard": shard, "pooled_only": pooled_only}
 
     def has(self, row: Utterance, version: str) -> bool:
         e = self.entries.get(row.id)
@@ -134,6 +143,8 @@ class FeatureCache:
         out = []
         for uid in ids:
             e = self._entry(uid)
+            if e["pooled_only"]:
+                raise ValueError(f"the feature cache {self.folder} holds pooled vectors only (no frames of {uid!r})")
             arr = self._map(self._frames, e["shard"], ".npy")
             out.append(np.array(arr[e["offset"]: e["offset"] + e["frames"]]))
         return out
@@ -156,17 +167,24 @@ class FeatureCache:
 
 
 class _ShardWriter:
-    """Accumulates extracted utterances and writes them as one shard (data first, index last)."""
+    """Accumulates extracted utterances and writes them as one shard (data first, index last).
+    ``pooled_only``: keep each utterance's pooled vector and frame count, write no frame file."""
 
-    def __init__(self, folder: Path, shard_bytes: int = SHARD_BYTES, shard_utts: int = SHARD_UTTS):
+    def __init__(self, folder: Path, shard_bytes: int = SHARD_BYTES, shard_utts: int = SHARD_UTTS,
+                 pooled_only: bool = False):
         self.folder, self.shard_bytes, self.shard_utts = folder, shard_bytes, shard_utts
-        self.items: list[tuple[str, str, np.ndarray]] = []
+        self.pooled_only = pooled_only
+        self.items: list[tuple[str, str, Optional[np.ndarray], np.ndarray, int]] = []  # id, key, frames, pooled, T
         self.nbytes = 0
         self.written = 0
 
     def add(self, uid: str, key: str, frames: np.ndarray) -> None:
-        self.items.append((uid, key, frames))
-        self.nbytes += frames.nbytes
+        """``frames``: float16 ``[T, L+1, F]``. Pooled from the stored float16 values, so pooled ==
+        the mean of the cached frames (and a pooled-only cache holds the same vectors)."""
+        pooled = frames.astype(np.float32).mean(axis=0)
+        kept = None if self.pooled_only else frames
+        self.items.append((uid, key, kept, pooled, int(frames.shape[0])))
+        self.nbytes += pooled.nbytes + (0 if kept is None else kept.nbytes)
         if self.nbytes >= self.shard_bytes or len(self.items) >= self.shard_utts:
             self.flush()
 
@@ -174,16 +192,15 @@ class _ShardWriter:
         if not self.items:
             return
         tag = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        data = np.concatenate([f for _, _, f in self.items], axis=0)
-        # Pool from the stored float16 values so pooled == mean of the cached frames.
-        pooled = np.stack([f.astype(np.float32).mean(axis=0) for _, _, f in self.items])
         entries, off = [], 0
-        for i, (uid, key, f) in enumerate(self.items):
-            entries.append({"id": uid, "key": key, "offset": off, "frames": int(f.shape[0]), "row": i})
-            off += f.shape[0]
-        _atomic_save_npy(self.folder / f"shard-{tag}.npy", data)
-        _atomic_save_npy(self.folder / f"shard-{tag}.pooled.npy", pooled)
-        atomic_write_json(self.folder / f"shard-{tag}.json", {"cache_version": CACHE_VERSION, "utts": entries}, indent=None)
+        for i, (uid, key, _, _, n) in enumerate(self.items):
+            entries.append({"id": uid, "key": key, "offset": off, "frames": n, "row": i})
+            off += n
+        if not self.pooled_only:
+            _atomic_save_npy(self.folder / f"shard-{tag}.npy", np.concatenate([f for _, _, f, _, _ in self.items], axis=0))
+        _atomic_save_npy(self.folder / f"shard-{tag}.pooled.npy", np.stack([p for _, _, _, p, _ in self.items]))
+        index = {"cache_version": CACHE_VERSION, "pooled_only": self.pooled_only, "utts": entries}
+        atomic_write_json(self.folder / f"shard-{tag}.json", index, indent=None)
         self.written += len(self.items)
         self.items, self.nbytes = [], 0
 
@@ -203,13 +220,15 @@ def ensure_features(
     device: str = "cpu",
     desc: str = "extract",
     progress: bool = True,
+    pooled_only: bool = False,
 ) -> FeatureCache:
     """Extract the features of every row not yet cached in ``folder`` and return the cache.
 
     The encoder runs in eval mode under ``torch.inference_mode`` on length-sorted batches; each
-    utterance keeps exactly its ``frame_lens[b]`` real frames.
+    utterance keeps exactly its ``frame_lens[b]`` real frames. ``pooled_only``: store only the
+    pooled vectors (for a folder that pooled tasks alone read; see :func:`split_folder`).
     """
-    return ensure_features_many([encoder], rows, [folder], batch_seconds, device, desc, progress)[0]
+    return ensure_features_many([encoder], rows, [folder], batch_seconds, device, desc, progress, pooled_only)[0]
 
 
 def ensure_features_many(
@@ -220,11 +239,13 @@ def ensure_features_many(
     device: str = "cpu",
     desc: str = "extract",
     progress: bool = True,
+    pooled_only: bool = False,
 ) -> list[FeatureCache]:
     """:func:`ensure_features` for several encoders on the same rows in one pass over the audio
     (``folders[i]`` is encoder i's cache). Encoders sharing a CNN (a pre-trained model, its
     Stable-FT and Speech-FT descendants) run it once per batch (:func:`~speechft.models.encoder.forward_many`);
-    each cache is bit-identical to a separate :func:`ensure_features`."""
+    each cache is bit-identical to a separate :func:`ensure_features`. ``pooled_only`` applies to
+    every folder."""
     from tqdm.auto import tqdm
 
     from ..data.dataset import AudioDataset, collate
@@ -249,10 +270,10 @@ def ensure_features_many(
     for e, f, n in zip(encoders, folders, need):
         if n:
             secs = sum(d for d, r in zip(durs, todo) if r.id in n)
-            est = estimate_bytes(secs, e)
+            est = estimate_bytes(secs, e, len(n), pooled_only)
             msg = "feature cache: extracting %d utterances (%.1f min of audio) into %s, about %.1f MiB on disk"
             (log.warning if est > WARN_BYTES else log.debug)(msg, len(n), secs / 60, f, est / 2**20)
-    writers = [_ShardWriter(f) for f in folders]
+    writers = [_ShardWriter(f, pooled_only=pooled_only) for f in folders]
     active = [i for i, n in enumerate(need) if n]
     keys = {i: encoders[i].cnn_key() for i in active}
     was_training = [e.training for e in encoders]
@@ -289,11 +310,13 @@ def ensure_features_many(
     return caches
 
 
-def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[str | Path] = None) -> Path:
-    """``<cache_dir or data_home()/features>/<model key>/<corpus-subset-split>``.
+def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[str | Path] = None,
+                 pooled_only: bool = False) -> Path:
+    """``<cache_dir or data_home()/features>/<model key>/<corpus-subset-split>[-pooled]``.
 
     Tasks on the same audio (fsdd-ks and fsdd-sid) share one folder; user tasks get a folder per
-    manifest (its path hashed into the name).
+    manifest (its path hashed into the name). A pooled-only cache has its own folder (``-pooled``),
+    so a task that reads frames never finds a folder without them.
     """
     from ..paths import data_home
 
@@ -304,4 +327,4 @@ def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[st
     else:
         corpus = task.corpus if size == "default" or task.corpus != "lite" else f"{task.corpus}_{size}"
         name = f"{corpus}-{task.subset or task.name}-{split}"
-    return root / model / name
+    return root / model / (f"{name}-pooled" if pooled_only else name)

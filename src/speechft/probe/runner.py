@@ -31,7 +31,7 @@ from ..utils.device import default_device
 from ..utils.io import append_jsonl, check_writable, jsonl_lock, read_jsonl, rewrite_jsonl
 from ..utils.provenance import changes, file_digest, key_of, stat_digest
 from . import cache as fcache
-from .train import CachedSource, ProbeConfig, default_config, train_head
+from .train import CachedSource, ProbeConfig, default_config, train_head, uses_pooled
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,11 @@ def extract_features(
     for task in _resolve_tasks(tasks):
         manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
         for s, rows in probe_rows(task, manifests, skip_bad, limit).items():
-            folders = [fcache.split_folder(task, s, size, key, cache_dir) for key, _ in encoders]
+            pooled = uses_pooled(task)
+            folders = [fcache.split_folder(task, s, size, key, cache_dir, pooled) for key, _ in encoders]
             fcache.ensure_features_many([e for _, e in encoders], rows, folders, batch_seconds=extract_batch_seconds,
-                                        device=device, desc=f"{task.name} {s} features", progress=progress)
+                                        device=device, desc=f"{task.name} {s} features", progress=progress,
+                                        pooled_only=pooled)
 
 
 def data_provenance(task: Task, manifests: dict, rows: dict, size: str, limit: Optional[int]) -> dict:
@@ -269,12 +271,14 @@ def check_stale(results_path: Path, existing: list[dict], name: str, plans: Sequ
 
 def _extract_sources(encoder, mkey: str, plan: TaskPlan, size: str, cache_dir, extract_bs: float, device: str,
                      progress: bool) -> dict:
-    """Cached features of every split (extracted when missing), as CachedSources."""
+    """Cached features of every split (extracted when missing), as CachedSources. A task whose head
+    reads pooled vectors only (:func:`uses_pooled`) gets a pooled-only cache: no frames on disk."""
     sources = {}
+    pooled = uses_pooled(plan.task)
     for s, rs in plan.rows.items():
-        folder = fcache.split_folder(plan.task, s, size, mkey, cache_dir)
+        folder = fcache.split_folder(plan.task, s, size, mkey, cache_dir, pooled)
         c = fcache.ensure_features(encoder, rs, folder, batch_seconds=extract_bs, device=device,
-                                   desc=f"{plan.task.name} {s} features", progress=progress)
+                                   desc=f"{plan.task.name} {s} features", progress=progress, pooled_only=pooled)
         sources[s] = CachedSource(c, [r.id for r in rs])
     return sources
 
