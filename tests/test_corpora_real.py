@@ -278,3 +278,18 @@ def test_tedlium3_resamples_and_errors(tmp_path):
     shutil.rmtree(tree["root"] / "legacy" / "dev" / "stm")
     with pytest.raises(LayoutError, match=r"no dev/stm/ folder"):
         tedlium3.prepare(tree["root"], tmp_path / "out")
+
+
+def test_tedlium3_10h_subset_keeps_1_to_60_s_without_unk(tmp_path):
+    """The official fine-tuning subset: only utterances in the duration range whose raw transcript has
+    no <unk>, up to the hours asked for; dev and test are the full splits."""
+    tree = fake.make_tedlium3(tmp_path / "src")
+    out = tedlium3.prepare(tree["root"], tmp_path / "out", subset_min_seconds=0.5)
+    small, full = _read(out["asr-10h"]), _read(out["asr"])
+    # per talk: segment 0.10-0.90 has <unk>, 1.70-2.50 does not; both are 0.8 s
+    assert {r.text for r in small["train"]} == {"TWENTY ONE PEOPLE DON'T KNOW"} and len(small["train"]) == 2
+    assert [r.id for r in small["dev"]] == [r.id for r in full["dev"]]
+    tiny = tedlium3.prepare(tree["root"], tmp_path / "out2", subset_hours=0.8 / 3600, subset_min_seconds=0.5)
+    assert len(_read(tiny["asr-10h"])["train"]) == 1  # stops once the hours are reached
+    # nothing eligible (every segment is under 1 s): the full subset is still written
+    assert set(tedlium3.prepare(tree["root"], tmp_path / "out3")) == {"asr"}

@@ -114,6 +114,9 @@ _BUILTIN = [
     _real("er", "iemocap", "fold1", "classify", "label", "accuracy", "pool_linear", "IEMOCAP 4-class emotion, session 1 as test (fold 1)", "ER"),
     _real("ic", "fluent", "ic", "slots", "label", "accuracy", "slots_linear", "Fluent Speech Commands action|object|location", "IC"),
     _real("asr-tedlium3", "tedlium3", "asr", "ctc", "text", "wer", "bilstm_ctc", "TED-LIUM 3 ASR (the paper's fine-tuning task)", "ASR", hidden=1024, layers=2),
+    _real("asr-tedlium3-10h", "tedlium3", "asr-10h", "ctc", "text", "wer", "bilstm_ctc",
+          "TED-LIUM 3 ASR on the official code's 10 h training subset (1-60 s, no <unk>); full dev/test", "ASR",
+          hidden=1024, layers=2),
 ]
 
 

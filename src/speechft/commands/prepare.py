@@ -16,6 +16,7 @@ CORPUS_OPTIONS = {
     "librispeech": ("lexicon",),
     "iemocap": ("fold",),
     "speechcommands": ("test_root",),
+    "tedlium3": ("hours",),
 }
 _FLAGS = {"size": "--size/--quick", "seed": "--seed", "jobs": "--jobs", "tasks": "--tasks", "hours": "--hours",
           "lexicon": "--lexicon", "fold": "--fold", "test_root": "--test-root", "languages": "--languages"}
@@ -42,7 +43,8 @@ def command(
     size: Optional[str] = typer.Option(None, "--size", help="lite, fsdd: quick, default or study (larger test sets)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="lite, pretrain-lite: random seed of the synthesis "
                                        "(default 0; same seed gives identical data)."),
-    hours: Optional[float] = typer.Option(None, "--hours", help="pretrain-lite: hours of training audio (default 1)."),
+    hours: Optional[float] = typer.Option(None, "--hours", help="pretrain-lite: hours of training audio (default 1); "
+                                       "tedlium3: hours of the asr-10h training subset (default 10)."),
     lexicon: Optional[Path] = typer.Option(None, "--lexicon", help="librispeech: pronunciation lexicon for the "
                                            "phone targets of PR."),
     fold: Optional[int] = typer.Option(None, "--fold", help="iemocap: test session (1-5; default: all five folds)."),

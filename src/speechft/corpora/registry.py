@@ -78,6 +78,8 @@ def _fluent(root, out_dir, **kw):
 def _tedlium3(root, out_dir, **kw):
     from . import tedlium3
 
+    if "hours" in kw:  # `prepare tedlium3 --hours H`: the size of the asr-10h subset
+        kw["subset_hours"] = kw.pop("hours")
     return tedlium3.prepare(root, out_dir, **kw)
 
 

@@ -14,6 +14,9 @@ normalisation are skipped. Transcript normalisation (:func:`normalize_text`), in
   3. upper case; every character other than A-Z and the apostrophe becomes a space
      (``twenty-one`` -> ``TWENTY ONE``);
   4. tokens made only of apostrophes are dropped and runs of spaces collapse to one.
+Besides the full ``asr`` subset, ``asr-10h`` is the official Speech-FT code's fine-tuning set: a
+subset of the training set of ``subset_hours`` (10) hours, drawn in a seeded random order from the
+utterances of 1-60 s whose transcript has no ``<unk>``; its dev and test are the full ones.
 SPHERE files are read with soundfile (libsndfile reads uncompressed NIST SPHERE, as distributed in
 release 3; shorten-compressed SPHERE must first be converted, e.g. with ``sph2pipe -f wav``).
 """
@@ -39,6 +42,8 @@ CORPUS = "TED-LIUM 3"
 LAYOUT = "<root>/legacy/{train,dev,test}/{sph/<talk>.sph, stm/<talk>.stm}"
 IGNORE = "ignore_time_segment_in_scoring"
 SUBSET = "asr"
+SUBSET_10H = "asr-10h"
+UNK = "<unk>"
 _BRACKETED = re.compile(r"^(<[^>]*>|\{[^}]*\}|\[[^\]]*\]|\([^)]*\))$")
 _NOT_ALLOWED = re.compile(r"[^A-Z' ]")
 
@@ -76,9 +81,10 @@ def read_stm(path: Path) -> list[tuple[float, float, str, str]]:
     return out
 
 
-def cut_talk(sph: Path, segments, out_folder: Path, talk: str) -> tuple[list[Utterance], int]:
-    """Write one WAV per kept segment of ``sph``; ``(rows, skipped)``."""
-    rows, skipped = [], 0
+def cut_talk(sph: Path, segments, out_folder: Path, talk: str) -> tuple[list[Utterance], int, set]:
+    """Write one WAV per kept segment of ``sph``; ``(rows, skipped, ids of rows whose raw transcript
+    held <unk>)``."""
+    rows, skipped, unk = [], 0, set()
     try:
         f = sf.SoundFile(str(sph))
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
@@ -105,11 +111,35 @@ def cut_talk(sph: Path, segments, out_folder: Path, talk: str) -> tuple[list[Utt
                 write_wav_atomic(path, np.clip(wav, -1.0, 1.0), TARGET_SR)
             rows.append(Utterance(id=utt_id, audio=str(path), text=text, speaker=speaker,
                                   duration=round(frames / TARGET_SR, 4), sample_rate=TARGET_SR))
-    return rows, skipped
+            if UNK in raw.split():
+                unk.add(utt_id)
+    return rows, skipped, unk
 
 
-def prepare(root, out_dir) -> dict[str, dict[str, Path]]:
-    """Cut and write ``out_dir/asr/{train,dev,test}.jsonl`` + WAV clips; returns ``{"asr": {split: path}}``."""
+def hours_subset(rows: list[Utterance], unk: set, hours: float, min_seconds: float, max_seconds: float,
+                 seed: int = 0) -> list[Utterance]:
+    """``hours`` of ``rows`` (seeded random order, kept in corpus order) among those of
+    ``min_seconds``-``max_seconds`` without ``<unk>``; all of them when they hold less."""
+    pool = [r for r in rows if min_seconds <= r.duration <= max_seconds and r.id not in unk]
+    order = np.random.default_rng(seed).permutation(len(pool))
+    chosen, total = set(), 0.0
+    for i in order:
+        if total >= hours * 3600:
+            break
+        chosen.add(int(i))
+        total += pool[int(i)].duration
+    if total < hours * 3600:
+        log.warning("%s: only %.2f h of eligible training utterances (%g-%g s, no <unk>) for the %g h subset",
+                    CORPUS, total / 3600, min_seconds, max_seconds, hours)
+    return [r for i, r in enumerate(pool) if i in chosen]
+
+
+def prepare(root, out_dir, subset_hours: float = 10.0, subset_min_seconds: float = 1.0,
+            subset_max_seconds: float = 60.0) -> dict[str, dict[str, Path]]:
+    """Cut and write ``out_dir/asr/{train,dev,test}.jsonl`` + WAV clips and the ``asr-10h`` subset
+    (module doc); returns ``{"asr": {split: path}, "asr-10h": {split: path}}``."""
+    if subset_hours <= 0 or not 0 <= subset_min_seconds < subset_max_seconds:
+        raise ValueError(f"{CORPUS}: need subset_hours > 0 and 0 <= subset_min_seconds < subset_max_seconds")
     root = check_root(root, CORPUS, LAYOUT)
     root = find_nested_root(root, "legacy", ("TEDLIUM_release-3", "TEDLIUM_release3"))
     if not (root / "legacy").is_dir() and (root / "train" / "stm").is_dir():
@@ -118,6 +148,7 @@ def prepare(root, out_dir) -> dict[str, dict[str, Path]]:
         legacy = require_dir(root, "legacy", CORPUS, LAYOUT)
     out_dir = Path(out_dir)
     splits: dict[str, list[Utterance]] = {}
+    unk: set = set()
     for split in SPLITS:
         stm_dir = require_dir(legacy, f"{split}/stm", CORPUS, LAYOUT)
         sph_dir = require_dir(legacy, f"{split}/sph", CORPUS, LAYOUT)
@@ -129,11 +160,21 @@ def prepare(root, out_dir) -> dict[str, dict[str, Path]]:
             sph = sph_dir / f"{stm.stem}.sph"
             if not sph.is_file():
                 raise LayoutError(f"{CORPUS}: {stm} has no audio {sph}")
-            talk_rows, talk_skipped = cut_talk(sph, read_stm(stm), out_dir / SUBSET / "wav" / split / stm.stem, stm.stem)
+            talk_rows, talk_skipped, talk_unk = cut_talk(sph, read_stm(stm), out_dir / SUBSET / "wav" / split / stm.stem,
+                                                         stm.stem)
             rows += talk_rows
             skipped += talk_skipped
+            unk |= talk_unk
         hours = sum(r.duration for r in rows) / 3600
         log.info("%s %s: %d segments (%.2f h) from %d talks, %d skipped (ignored/empty)",
                  CORPUS, split, len(rows), hours, len(stms), skipped)
         splits[split] = rows
-    return {SUBSET: write_subset(out_dir, SUBSET, splits, f"{CORPUS} {root}")}
+    out = {SUBSET: write_subset(out_dir, SUBSET, splits, f"{CORPUS} {root}")}
+    small = hours_subset(splits["train"], unk, subset_hours, subset_min_seconds, subset_max_seconds)
+    if not small:
+        log.warning("%s: no training utterance of %g-%g s without <unk>: subset %s not written", CORPUS,
+                    subset_min_seconds, subset_max_seconds, SUBSET_10H)
+        return out
+    log.info("%s %s: %d train utterances (%.2f h)", CORPUS, SUBSET_10H, len(small), sum(r.duration for r in small) / 3600)
+    out[SUBSET_10H] = write_subset(out_dir, SUBSET_10H, {**splits, "train": small}, f"{CORPUS} {root} ({SUBSET_10H})")
+    return out

@@ -21,6 +21,7 @@ from ..utils.names import check_known_keys, read_yaml_mapping
 # The attention and feed-forward projections of HuBERT / wav2vec 2.0 / WavLM layers.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+LONG_UTTERANCES = ("auto", "drop", "crop")
 SELECT = ("last", "best")
 
 
@@ -47,12 +48,15 @@ class FinetuneConfig:
     lora_targets: tuple = DEFAULT_LORA_TARGETS
     # -- head ----------------------------------------------------------------------------------
     layer_sum: bool = False  # False: last hidden state; True: learnable softmax-weighted layer sum
-    head: dict = field(default_factory=dict)  # overrides of the task's head options (hidden, layers, proj)
+    head: dict = field(default_factory=dict)  # overrides of the task's head options (hidden, layers, proj, dropout)
+    specaugment: object = None  # SpecAugment on the representations in training: null (off), "s3prl" or a mapping
     # -- data ----------------------------------------------------------------------------------
     batch_seconds: float = 16.0  # padded audio seconds per micro-batch (per process)
     max_batch_size: Optional[int] = None  # cap on utterances per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
-    max_seconds: Optional[float] = 20.0  # longer utterances are cropped from the start
+    max_seconds: Optional[float] = 20.0  # limit for train utterances (see long_utterances)
+    long_utterances: str = "auto"  # over max_seconds: "drop" them, "crop" from the start; auto = drop for
+    # CTC tasks (a cropped utterance keeps its whole transcript: label noise), crop for utterance labels
     min_seconds: float = 0.1  # shorter ones are invalid (reported by validation)
     num_workers: int = 0  # DataLoader workers (0: load in the training process)
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -96,6 +100,14 @@ class FinetuneConfig:
             errors.append("eval_every and save_every must be >= 0")
         if self.select not in SELECT:
             errors.append(f"select must be one of {', '.join(SELECT)}")
+        if self.long_utterances not in LONG_UTTERANCES:
+            errors.append(f"long_utterances must be one of {', '.join(LONG_UTTERANCES)}")
+        try:
+            from .specaug import SpecAugmentConfig
+
+            SpecAugmentConfig.from_option(self.specaugment)
+        except ValueError as e:
+            errors.append(str(e).replace("invalid fine-tuning config: ", ""))
         if self.mixed_precision not in MIXED_PRECISION:
             errors.append(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}")
         if errors:
@@ -107,6 +119,12 @@ class FinetuneConfig:
     @property
     def effective_head_lr(self) -> float:
         return self.lr if self.head_lr is None else self.head_lr
+
+    def long_utterance_policy(self, task) -> str:
+        """What happens to a training utterance over ``max_seconds``: "drop" or "crop"."""
+        if self.long_utterances != "auto":
+            return self.long_utterances
+        return "drop" if task.kind == "ctc" else "crop"
 
     def replace(self, **kw) -> "FinetuneConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})

@@ -44,15 +44,32 @@ def encode_dev(task, vocab: Vocab, row):
         return [-1] * len(vocab.symbols) if task.kind == "slots" else -1
 
 
+def drop_long(rows: list, max_seconds: float, where: str) -> list:
+    """The rows at most ``max_seconds`` long (logged: how many were dropped). Raises when none is left."""
+    durs = AudioDataset(rows).durations()
+    kept = [r for r, d in zip(rows, durs) if d <= max_seconds]
+    if len(kept) < len(rows):
+        log.warning("%s: dropped %d of %d utterances longer than max_seconds=%g (long_utterances: drop)",
+                    where, len(rows) - len(kept), len(rows), max_seconds)
+    if not kept:
+        raise ValueError(f"{where}: every utterance is longer than max_seconds={max_seconds:g}; raise max_seconds "
+                         f"or set long_utterances: crop")
+    return kept
+
+
 def load_task_data(task, size: str, fsdd_root: Optional[str], skip_bad: bool, cfg) -> TaskData:
     manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
     rows = {}
     for split in ("train", "dev"):
-        # max_seconds is not a validation limit here: longer utterances are cropped, not rejected.
+        # max_seconds is not a validation limit here: longer utterances are dropped or cropped, not errors.
         rows[split] = load_checked_rows(manifests[split], task=task, skip_bad=skip_bad, min_seconds=cfg.min_seconds)
+    policy = cfg.long_utterance_policy(task)
+    if policy == "drop" and cfg.max_seconds is not None:
+        rows["train"] = drop_long(rows["train"], cfg.max_seconds, f"{task.name} train")
     vocab = Vocab.build(task, rows["train"])
-    train = AudioDataset(rows["train"], lambda r: vocab.encode(task, r), max_seconds=cfg.max_seconds)
-    dev = AudioDataset(rows["dev"], lambda r: encode_dev(task, vocab, r), max_seconds=cfg.max_seconds)
+    crop = cfg.max_seconds if policy == "crop" else None  # dropping: dev utterances are evaluated whole
+    train = AudioDataset(rows["train"], lambda r: vocab.encode(task, r), max_seconds=crop)
+    dev = AudioDataset(rows["dev"], lambda r: encode_dev(task, vocab, r), max_seconds=crop)
     log.info("task %s: %d train / %d dev utterances (%.2f h train), %d targets", task.name, len(train), len(dev),
              sum(train.durations()) / 3600, len(vocab))
     return TaskData(task, vocab, train, dev, {k: str(v) for k, v in manifests.items()})

@@ -34,6 +34,7 @@ from .data import BatchStream, evaluate, to_device
 from .model import SpeechFTModel, head_meta, save_head
 from .recipes import L2SP, get_recipe, plain_encoder, prepare_encoder
 from .schedule import tri_stage_scheduler
+from .specaug import SpecAugment, SpecAugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def train(run: dict, cfg, data, accelerator, out: Path, resume_from: Optional[tu
     head_options = {**task.head_options(), **cfg.head}
     head = build_head(task, encoder.hidden_size, encoder.num_layers + 1, vocab, layer_sum=cfg.layer_sum,
                       **head_options)
-    net = SpeechFTModel(encoder, head)
+    spec = SpecAugmentConfig.from_option(cfg.specaugment)
+    net = SpeechFTModel(encoder, head, SpecAugment(spec) if spec and spec.active else None)
     enc_params = [p for p in encoder.parameters() if p.requires_grad]
     trainable = enc_params + list(head.parameters())
     l2sp = L2SP(enc_params, cfg.l2sp_lambda) if recipe.l2sp else None  # theta0, copied before any step

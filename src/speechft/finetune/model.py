@@ -30,16 +30,21 @@ VOCAB_FILE = "vocab.json"
 
 
 class SpeechFTModel(nn.Module):
-    def __init__(self, encoder, head):
+    """``augment``: an optional module applied to the hidden states in training (SpecAugment)."""
+
+    def __init__(self, encoder, head, augment: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.augment = augment
 
     def forward(self, wav: torch.Tensor, wav_lens: torch.Tensor, train_encoder: bool = True):
         # Head-only phase: no graph through the encoder, which is cheaper and leaves every encoder
         # parameter's .grad at None, so Adam skips them and they stay bit-identical to theta0.
         with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
             states, frame_lens = self.encoder(wav, wav_lens)
+        if self.augment is not None:
+            states = self.augment(states, frame_lens)
         return self.head(states, frame_lens), frame_lens
 
 
