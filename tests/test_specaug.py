@@ -89,3 +89,14 @@ def test_paper_config_has_the_official_values():
     assert cfg.head == {"proj": 256, "hidden": 256, "layers": 3, "dropout": 0.2}
     assert SpecAugmentConfig.from_option(cfg.specaugment) == SpecAugmentConfig(**S3PRL_ASR)
     assert cfg.max_seconds == 60.0
+
+
+def test_reproduce_and_study_pass_the_head_lr_or_the_single_lr():
+    from speechft.pipeline import recipe_options
+    from speechft.pipeline_config import ReproduceConfig
+    from speechft.study_config import StudyConfig
+
+    for cls in (ReproduceConfig, StudyConfig):
+        assert recipe_options(cls(), "stable")["head_lr"] == 1e-3
+        one = recipe_options(cls(ft_head_lr=None, ft_lr=2e-4), "regular")
+        assert one["head_lr"] == one["lr"] == 2e-4

@@ -192,7 +192,8 @@ def _analyze(models: list, names: list, task: str, size: str, fsdd: Optional[str
 # -- the plan ----------------------------------------------------------------------------------------
 def recipe_options(cfg, recipe: str, seed: Optional[int] = None, save_every: int = 0) -> dict:
     """The fine-tuning options of ``recipe`` from a reproduce or study config (the same key names)."""
-    kw = dict(steps=cfg.ft_steps, lr=cfg.ft_lr, batch_seconds=cfg.ft_batch_seconds)
+    head_lr = cfg.ft_lr if cfg.ft_head_lr is None else cfg.ft_head_lr
+    kw = dict(steps=cfg.ft_steps, lr=cfg.ft_lr, head_lr=head_lr, batch_seconds=cfg.ft_batch_seconds)
     if seed is not None:
         kw["seed"] = seed
     if recipe == "stable":

@@ -27,6 +27,7 @@ class ReproduceConfig:
     size: str = "default"  # lite (and FSDD) data size: default | quick
     ft_steps: int = 300
     ft_lr: float = 1e-4
+    ft_head_lr: Optional[float] = 1e-3  # the head's peak lr; null = ft_lr (the official code's single lr)
     ft_batch_seconds: float = 8.0  # padded audio seconds per fine-tuning batch
     beta: float = 0.1
     l2sp_lambda: float = 1.0

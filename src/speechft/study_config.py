@@ -66,6 +66,7 @@ class StudyConfig:
     baseline_ft_seeds: int = 1  # baselines are single-seed by default (their cost is the same per seed)
     ft_steps: int = 300
     ft_lr: float = 1e-4
+    ft_head_lr: Optional[float] = 1e-3  # the head's peak lr; null = ft_lr (the official code's single lr)
     ft_batch_seconds: float = 8.0
     beta: float = 0.1
     alpha: float = 0.25

@@ -106,7 +106,7 @@ def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequ
              f"{cfg.ft_seeds} fine-tuning seed(s) for regular FT / Stable-FT / Speech-FT "
              f"({cfg.baseline_ft_seeds} for baselines{_block_seeds(cfg)}), {cfg.probe_seeds} probe seed(s) per model "
              "and task; "
-             f"{cfg.ft_steps} fine-tuning steps at lr {cfg.ft_lr:g}; Speech-FT α = {cfg.alpha:g}; lite data size "
+             f"{cfg.ft_steps} fine-tuning steps at lr {cfg.ft_lr:g} (head {cfg.ft_lr if cfg.ft_head_lr is None else cfg.ft_head_lr:g}); Speech-FT α = {cfg.alpha:g}; lite data size "
              f"**{cfg.size}**.", "",
              "Every cell: mean over fine-tuning seeds of the mean over probe seeds, with its 95 % bootstrap interval "
              "(fine-tuning seeds, probe seeds and test utterances resampled). Differences: paired bootstrap on the same "
