@@ -24,7 +24,10 @@ DEFAULT_MODEL = TINY_NAME  # the model every verb uses when a model is optional 
 MODEL_REFS = ("speechft-tiny (default), speechft-tiny-v1, speechft-tiny-random, fbank, a model folder, a run folder (its encoder/) "
               "or a hub id")
 # What the user-task options mean, in every verb that takes them (finetune, probe, sweep).
-TASK_MANIFESTS_HELP = "Your own task: train.jsonl,dev.jsonl,test.jsonl (manifests with the target field)."
+TASK_MANIFESTS_HELP = ("Your own task: train.jsonl,dev.jsonl,test.jsonl (manifests with the target field), or one "
+                       "Hugging Face dataset folder (save_to_disk, or an audio folder with <split>/metadata.jsonl).")
+TASK_COLUMNS_HELP = ("For a Hugging Face dataset folder: FIELD=COLUMN and SPLIT=NAME pairs, comma-separated, e.g. "
+                     "text=sentence,speaker=client_id,dev=validation (default: same-named columns; dev = validation).")
 TASK_TYPE_HELP = ("Your task's kind: ctc (token sequence; vocabulary from the train manifest), classify or slots "
                   "(default: ctc for --target-field text/phones, else classify).")
 TASK_NAME_HELP = "Your task's name (in results, tables and the run's config)."
@@ -152,8 +155,20 @@ def _manifest_fields(path: Path, field: Optional[str]) -> tuple[bool, list]:
     return False, [k for k in _FIELD_ORDER if k in seen]
 
 
+def hf_task_manifests(folder: str, columns: Optional[str]) -> list[str]:
+    """The train/dev/test manifests of a Hugging Face dataset folder (converted once, see corpora.hf)."""
+    from ..corpora.hf import dataset_manifests, is_hf_dataset, parse_mapping
+
+    if not is_hf_dataset(folder):
+        raise ValueError(f"--task-manifests: {folder} is a folder but not a Hugging Face dataset (no dataset_dict.json "
+                         f"and no <split>/metadata.jsonl or metadata.csv)")
+    cols, splits = parse_mapping(columns, "--task-columns")
+    m = dataset_manifests(folder, columns=cols, splits=splits)
+    return [str(m[s]) for s in ("train", "dev", "test")]
+
+
 def user_task_from_options(manifests: Optional[str], task_type: Optional[str], name: str,
-                           target_field: Optional[str], metric: Optional[str]):
+                           target_field: Optional[str], metric: Optional[str], columns: Optional[str] = None):
     """The one parser of a user task (``--task-manifests``, ``--task-type``, ``--task-name``,
     ``--target-field``, ``--task-metric``) for finetune, probe and sweep; None without ``--task-manifests``.
 
@@ -165,13 +180,19 @@ def user_task_from_options(manifests: Optional[str], task_type: Optional[str], n
 
     if not manifests:
         given = [o for o, v in (("--task-type", task_type), ("--target-field", target_field),
-                                ("--task-metric", metric)) if v is not None]
+                                ("--task-metric", metric), ("--task-columns", columns)) if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} describe(s) a user task: pass --task-manifests train,dev,test too")
         return None
     paths = split_csv(manifests)
+    if len(paths) == 1 and not Path(paths[0]).exists():
+        raise FileNotFoundError(f"--task-manifests: {paths[0]} not found")
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        paths = hf_task_manifests(paths[0], columns)
+    elif columns is not None:
+        raise ValueError("--task-columns applies to a Hugging Face dataset folder given as --task-manifests")
     if len(paths) != 3:
-        raise ValueError(f"--task-manifests needs train,dev,test (3 paths), got {len(paths)}")
+        raise ValueError(f"--task-manifests needs train,dev,test (3 paths) or one dataset folder, got {len(paths)} path(s)")
     if task_type is not None and task_type not in KINDS:
         raise ValueError(f"--task-type must be one of {', '.join(KINDS)}, not {task_type!r}")
     if target_field is not None and target_field not in TARGET_FIELDS:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ._common import (DEFAULT_MODEL, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_METRIC_HELP, TASK_TYPE_HELP,
+from ._common import (DEFAULT_MODEL, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_COLUMNS_HELP, TASK_METRIC_HELP, TASK_TYPE_HELP,
                       check_models, device_option, get_task, user_errors, user_task_from_options)
 
 
@@ -54,6 +54,7 @@ def command(
                                             "'user').", show_default=False),
     target_field: Optional[str] = typer.Option(None, "--target-field", help=TARGET_FIELD_HELP, show_default=False),
     task_metric: Optional[str] = typer.Option(None, "--task-metric", help=TASK_METRIC_HELP, show_default=False),
+    task_columns: Optional[str] = typer.Option(None, "--task-columns", help=TASK_COLUMNS_HELP, show_default=False),
     device: str = device_option(),
 ) -> None:
     """Fine-tune an encoder on one task with Speech-FT's stable recipe or a baseline (regular, L2-SP, LoRA,
@@ -66,7 +67,7 @@ def command(
             model = model or DEFAULT_MODEL
         check_models([model])
         task_arg = user_task_from_options(task_manifests, task_type, task_name or task or "user", target_field,
-                                          task_metric) or task
+                                          task_metric, task_columns) or task
         if not resume and task_arg is None:
             raise ValueError("--task (or --task-manifests) is required unless --resume")
         if isinstance(task_arg, str):

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (DEFAULT_MODEL, MODEL_REFS, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_METRIC_HELP,
+from ._common import (DEFAULT_MODEL, MODEL_REFS, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_COLUMNS_HELP, TASK_METRIC_HELP,
                       TASK_NAME_HELP, TASK_TYPE_HELP, check_models, device_option, get_task, split_csv, user_errors,
                       user_task_from_options)
 
@@ -50,6 +50,7 @@ def command(
     task_name: str = typer.Option("user", "--task-name", help=TASK_NAME_HELP),
     target_field: Optional[str] = typer.Option(None, "--target-field", help=TARGET_FIELD_HELP, show_default=False),
     task_metric: Optional[str] = typer.Option(None, "--task-metric", help=TASK_METRIC_HELP, show_default=False),
+    task_columns: Optional[str] = typer.Option(None, "--task-columns", help=TASK_COLUMNS_HELP, show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in --out of the same model and task "
                                    "that were made with other inputs (data, weights, settings); without it they are "
                                    "an error."),
@@ -72,7 +73,7 @@ def command(
         check_models(refs)
         if seeds < 1:
             raise ValueError("--seeds must be at least 1")
-        user = user_task_from_options(task_manifests, task_type, task_name, target_field, task_metric)
+        user = user_task_from_options(task_manifests, task_type, task_name, target_field, task_metric, task_columns)
         task_list: list = [get_task(n) for n in split_csv(tasks) if user is None or n != user.name]  # --tasks may name it
         if user is not None:
             task_list.append(user)

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (DEFAULT_MODEL, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_METRIC_HELP, TASK_NAME_HELP,
+from ._common import (DEFAULT_MODEL, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_COLUMNS_HELP, TASK_METRIC_HELP, TASK_NAME_HELP,
                       TASK_TYPE_HELP, check_models, device_option, get_task, split_csv, user_errors, user_task_from_options)
 from .merge import parse_floats
 
@@ -43,6 +43,7 @@ def command(
     task_name: str = typer.Option("user", "--task-name", help=TASK_NAME_HELP + " Usable in --select ft-task:NAME."),
     target_field: Optional[str] = typer.Option(None, "--target-field", help=TARGET_FIELD_HELP, show_default=False),
     task_metric: Optional[str] = typer.Option(None, "--task-metric", help=TASK_METRIC_HELP, show_default=False),
+    task_columns: Optional[str] = typer.Option(None, "--task-columns", help=TASK_COLUMNS_HELP, show_default=False),
 ) -> None:
     """α sweep: merge θ₀ with the fine-tuned models at each α, probe each merged encoder on the tasks,
     append one record per (α, task) to OUT/sweep.jsonl (pairs already there are skipped), plot metric vs
@@ -53,7 +54,7 @@ def command(
         check_models([pretrained, *finetuned, *(more or [])])
         if seeds < 1:
             raise ValueError("--seeds must be at least 1")
-        user = user_task_from_options(task_manifests, task_type, task_name, target_field, task_metric)
+        user = user_task_from_options(task_manifests, task_type, task_name, target_field, task_metric, task_columns)
         task_list: list = [t for t in split_csv(tasks) if user is None or t != user.name]  # --tasks may name it
         if user is not None:
             task_list.append(user)
