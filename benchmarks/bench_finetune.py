@@ -3,9 +3,12 @@ a Hugging Face ``Trainer`` + ``HubertForCTC`` fine-tune of the same model on the
 
     python benchmarks/bench_finetune.py                   # lite-asr quick, 30 steps each, CPU
     python benchmarks/bench_finetune.py --steps 60 --size default --device cuda
+    python benchmarks/bench_finetune.py --arch base --bf16 --device cuda   # HuBERT Base size (94 M), bf16
 
-Model: the default architecture (``speechft.models.io.tiny_config()``, HuBERT 4 x 256), random
-init (seed 0), saved once and loaded by all three runs. Task: lite-asr characters with a linear CTC
+Model: the default architecture (``speechft.models.io.tiny_config()``, HuBERT 4 x 256) or, with
+``--arch base``, transformers' ``HubertConfig()`` (HuBERT Base: 12 x 768, 94 M parameters), random
+init (seed 0), saved once and loaded by all three runs. ``--bf16``: bf16 autocast in all three.
+Peak memory: per run on CUDA (``max_memory_allocated``), the process's peak RSS on CPU. Task: lite-asr characters with a linear CTC
 head on the last layer in every run (HubertForCTC's head), the CNN frozen in every run.
 
 1. **speechft**: ``finetune(recipe="stable")`` (the library function, Accelerate loop, data read
@@ -46,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-seconds", type=float, default=16.0, help="speechft: padded audio seconds per batch")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--arch", default="tiny", choices=("tiny", "base"), help="tiny: speechft-tiny's architecture; "
+                   "base: HuBERT Base (transformers' HubertConfig defaults)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in every run")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to the results file")
     return p.parse_args(argv)
@@ -71,11 +77,40 @@ def pad_fraction(lens: list[int], width: int) -> tuple[int, int]:
     return len(lens) * width - sum(lens), len(lens) * width
 
 
+def arch_config(arch: str, **kw):
+    """The benchmarked architecture's transformers config (``kw``: e.g. the CTC head's vocabulary)."""
+    from speechft.models.io import tiny_config
+
+    if arch == "base":
+        from transformers import HubertConfig
+
+        return HubertConfig(**kw)
+    return tiny_config(**kw)
+
+
+def peak_memory(device: str) -> dict:
+    """Peak memory since the last reset: CUDA allocator bytes, or (CPU) the process's peak RSS."""
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return {"cuda_max_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+    return {"max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def reset_peak(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
 # -- the data and model every run shares ------------------------------------------------------------
 def setup(args, work: Path):
     from speechft.corpora.registry import default_out_dir, get_corpus
     from speechft.models.encoder import HFEncoder
-    from speechft.models.io import build_model_from_config, save_encoder, tiny_config
+    from speechft.models.io import build_model_from_config, save_encoder
     from speechft.tasks import get_task, user_task
 
     lite = default_out_dir("lite", args.size)
@@ -85,7 +120,7 @@ def setup(args, work: Path):
     task = user_task("asr-linear", (m["train"], m["dev"], m["test"]), "ctc", "text", metric="cer")
     model_dir = work / "theta0"
     if not (model_dir / "config.json").exists():
-        enc = HFEncoder(build_model_from_config(tiny_config(), seed=0), name="bench-theta0")
+        enc = HFEncoder(build_model_from_config(arch_config(args.arch), seed=0), name="bench-theta0")
         enc.normalize_input = True
         save_encoder(enc, model_dir, card={"name": "bench-theta0"})
     return task, model_dir
@@ -104,7 +139,7 @@ def run_speechft(args, task, model_dir: Path, work: Path) -> dict:
     t0 = time.perf_counter()
     finetune(str(model_dir), task, out, recipe="stable", steps=args.steps, batch_seconds=args.batch_seconds,
              log_every=1, eval_every=0, checkpoint_every=args.steps, tensorboard=False, progress=False,
-             num_threads=args.threads, lr=1e-4)
+             num_threads=args.threads, lr=1e-4, mixed_precision="bf16" if args.bf16 else "no")
     wall = time.perf_counter() - t0
     recs = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("split") == "train"]
     assert [r["step"] for r in recs] == list(range(1, args.steps + 1)), "expected one train record per step"
@@ -123,7 +158,7 @@ def batches_of_the_speechft_run(args, task, model_dir: Path, n: int) -> list:
 
 
 # -- 2. bare loop -----------------------------------------------------------------------------------
-def run_bare(batches: list, data, model_dir: Path, device: str, timed_from: int) -> dict:
+def run_bare(batches: list, data, model_dir: Path, device: str, timed_from: int, bf16: bool = False) -> dict:
     import torch
 
     from speechft.models.heads import build_head
@@ -142,9 +177,10 @@ def run_bare(batches: list, data, model_dir: Path, device: str, timed_from: int)
     times = []
     for b in moved:
         t = time.perf_counter()
-        states, frame_lens = enc(b["wav"], b["wav_lens"])
-        logits = head(states, frame_lens)
-        loss = head.loss(logits, frame_lens, b["targets"], reduction="sum") / head.num_units(b["targets"])
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            states, frame_lens = enc(b["wav"], b["wav_lens"])
+            logits = head(states, frame_lens)
+        loss = head.loss(logits.float(), frame_lens, b["targets"], reduction="sum") / head.num_units(b["targets"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -164,7 +200,6 @@ def run_trainer(args, data, batch_size: int, device: str, work: Path) -> dict:
     from transformers import HubertForCTC, Trainer, TrainerCallback, TrainingArguments
 
     from speechft.data.audio import load_audio
-    from speechft.models.io import tiny_config
 
     rows = data.train.rows if hasattr(data.train, "rows") else [data.train[i] for i in range(len(data.train))]
     task, vocab = data.task, data.vocab
@@ -212,7 +247,7 @@ def run_trainer(args, data, batch_size: int, device: str, work: Path) -> dict:
             times.append(now - self.t)
             self.t = now
 
-    config = tiny_config(vocab_size=len(vocab), pad_token_id=0, ctc_loss_reduction="sum",
+    config = arch_config(args.arch, vocab_size=len(vocab), pad_token_id=0, ctc_loss_reduction="sum",
                          ctc_zero_infinity=True)
     torch.manual_seed(0)
     model = HubertForCTC(config)
@@ -222,7 +257,7 @@ def run_trainer(args, data, batch_size: int, device: str, work: Path) -> dict:
         output_dir=str(work / "hf"), per_device_train_batch_size=batch_size, max_steps=args.steps,
         learning_rate=1e-4, max_grad_norm=1.0, warmup_steps=max(1, round(0.1 * args.steps)), lr_scheduler_type="linear",
         logging_steps=10 ** 6, save_strategy="no", report_to=[], dataloader_num_workers=0,
-        use_cpu=device == "cpu", seed=0, disable_tqdm=True, remove_unused_columns=False,
+        use_cpu=device == "cpu", seed=0, disable_tqdm=True, remove_unused_columns=False, bf16=args.bf16,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=DS(), data_collator=collate, callbacks=[StepTimer()])
     t0 = time.perf_counter()
@@ -272,10 +307,14 @@ def main(argv=None) -> int:
     # Bare loop, speechft, bare loop again (A-B-A): the floor is the mean of the two bare runs, so
     # neither the process warming up nor the machine drifting during the run favours either side.
     print("1/3 bare loop on the same batches (before) ...", flush=True)
-    bare_before = run_bare(batches, data, model_dir, device, first_timed)
+    reset_peak(device)
+    bare_before = run_bare(batches, data, model_dir, device, first_timed, args.bf16)
+    mem = {"bare": peak_memory(device)}
 
     print("2/3 speechft finetune (stable) ...", flush=True)
+    reset_peak(device)
     sft = run_speechft(args, task, model_dir, work)
+    mem["speechft"] = peak_memory(device)
     recs = sft["records"]
     logged = [r["audio_s_per_step"] for r in recs]
     if any(abs(a - round(b, 2)) > 0.011 for a, b in zip(logged, real_s)):
@@ -286,10 +325,12 @@ def main(argv=None) -> int:
         return sum(utts[a:b]) / max(el[b] - el[a], 1e-9)
 
     sft_full = rate(first_timed, args.steps)
+    sft_audio = sum(real_s[first_timed:args.steps]) / max(el[args.steps] - el[first_timed], 1e-9)
+    sft_step_s = (el[args.steps] - el[first_timed]) / (args.steps - first_timed)
     sft_head_only = rate(0, warm) if warm else float("nan")
 
     print("   bare loop on the same batches (after) ...", flush=True)
-    bare_after = run_bare(batches, data, model_dir, device, first_timed)
+    bare_after = run_bare(batches, data, model_dir, device, first_timed, args.bf16)
     bare = {"samples_per_s": (bare_before["samples_per_s"] + bare_after["samples_per_s"]) / 2,
             "runs": [bare_before["samples_per_s"], bare_after["samples_per_s"]]}
 
@@ -297,7 +338,9 @@ def main(argv=None) -> int:
     mean_real = sum(real_s[first_timed:]) / len(real_s[first_timed:])
     bs = max(1, round(mean_real / mean_dur))
     print(f"3/3 HF Trainer + HubertForCTC, batch size {bs} ...", flush=True)
+    reset_peak(device)
     hf = run_trainer(args, data, bs, device, work)
+    mem["hf_trainer"] = peak_memory(device)
 
     sft_pad = sum(p for p, _ in pads[first_timed:]) / sum(t for _, t in pads[first_timed:])
     overhead = bare["samples_per_s"] / sft_full - 1.0
@@ -317,10 +360,11 @@ def main(argv=None) -> int:
         print(f"{name:<42} {r:>8.2f} {'' if p is None else f'{p:>7.1%}':>8} {'' if a is None else f'{a:>14.1f}':>14}")
     print(f"\nspeechft loop overhead vs bare loop: {overhead:+.1%} (goal <= 10%)")
     print(f"speechft vs HF Trainer: {speedup:.2f}x (goal >= 1.3x)")
+    print(f"speechft full FT: {sft_step_s:.3f} s/step, {sft_audio:.1f} audio-s/s; peak memory {mem}")
 
     rec = {
         "bench": "finetune", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(device),
-        "steps": args.steps, "head_only_steps": warm, "timed_from_step": first_timed + 1, "size": args.size,
+        "arch": args.arch, "bf16": args.bf16, "steps": args.steps, "head_only_steps": warm, "timed_from_step": first_timed + 1, "size": args.size,
         "batch_seconds": args.batch_seconds, "trainer_batch_size": bs,
         "mean_audio_s_per_batch": {"speechft": round(mean_real, 3), "trainer_expected": round(bs * mean_dur, 3)},
         "samples_per_s": {"speechft_full": sft_full, "speechft_head_only": sft_head_only,
@@ -328,6 +372,7 @@ def main(argv=None) -> int:
                           "hf_trainer": hf["samples_per_s"]},
         "pad_fraction": {"speechft": sft_pad, "hf_trainer": hf["pad_fraction"]},
         "overhead_vs_bare": overhead, "speedup_vs_hf_trainer": speedup,
+        "speechft_full_step_s": sft_step_s, "speechft_full_audio_s_per_s": sft_audio, "peak_memory": mem,
         "wall_s": {"speechft": round(sft["wall_s"], 1), "hf_trainer": round(hf["wall_s"], 1)},
     }
     if not args.no_record:
