@@ -48,8 +48,8 @@ def is_hf_dataset(path: str | Path) -> bool:
 
 
 def _is_audiofolder(p: Path) -> bool:
-    return any(p.glob("metadata.csv")) or any(p.glob("metadata.jsonl")) or \
-        any(p.glob("*/metadata.csv")) or any(p.glob("*/metadata.jsonl"))
+    """The layout :func:`_load_audiofolder` reads: ``<split>/metadata.{jsonl,csv}``."""
+    return any(p.glob("*/metadata.csv")) or any(p.glob("*/metadata.jsonl"))
 
 
 class _Split:
