@@ -168,18 +168,19 @@ def _rec(model, task, value, metric="accuracy", hib=True, n=40, seed=0, data_key
 
 
 def test_the_report_and_speechft_probe_score_the_same_records_alike():
-    """One score path: real SUPERB tasks use the published reference points in both."""
+    """One score path: the report and `speechft probe` pick the same reference points, by profile."""
     from speechft.report.markdown import Results
 
-    recs = [_rec("FBANK", "pr", 0.9, "per", False), _rec("m", "pr", 0.3, "per", False),
-            _rec("FBANK", "t1", 0.2), _rec("m", "t1", 0.6)]
-    res = Results(recs, ["FBANK", "m"], ["pr", "t1"])
-    header, rows = table_rows(recs)
-    probe_score = float(dict((r[0], r[1]) for r in rows)["m"])
-    assert res.score("m", ["pr", "t1"]).mean == pytest.approx(score_table(recs)[1]["score"])
-    assert round(res.score("m", ["pr", "t1"]).mean) == probe_score
-    # pr is scored against the published FBANK (0.8201) and reference (0.0306), not a perfect score
-    assert res.points("m", "pr") == pytest.approx(1000 * (0.3 - 0.8201) / (0.0306 - 0.8201))
+    for profile, expected_pr in (("superb", 1000 * (0.3 - 0.8201) / (0.0306 - 0.8201)),  # the published points
+                                 ("fast", 1000 * (0.3 - 0.9) / (0.0 - 0.9))):  # harness FBANK, perfect score
+        recs = [{**r, "profile": profile} for r in (_rec("FBANK", "pr", 0.9, "per", False), _rec("m", "pr", 0.3, "per", False),
+                                                    _rec("FBANK", "t1", 0.2), _rec("m", "t1", 0.6))]
+        res = Results(recs, ["FBANK", "m"], ["pr", "t1"])
+        header, rows = table_rows(recs)
+        probe_score = float(dict((r[0], r[1]) for r in rows)["m"])
+        assert res.score("m", ["pr", "t1"]).mean == pytest.approx(score_table(recs)[1]["score"])
+        assert round(res.score("m", ["pr", "t1"]).mean) == probe_score
+        assert res.points("m", "pr") == pytest.approx(expected_pr)
 
 
 def test_significance_aware_summary():

@@ -54,6 +54,10 @@ def command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in --out of the same model and task "
                                    "that were made with other inputs (data, weights, settings); without it they are "
                                    "an error."),
+    profile: str = typer.Option("fast", "--profile", help="Probe profile: 'fast' (speechft's heads and training "
+                                "lengths, minutes on a CPU; scored against FBANK probed the same way) or 'superb' "
+                                "(s3prl's downstream recipes for pr/asr/ks/sid/er/ic, scored against the published "
+                                "reference points). See docs/probe.md."),
     list_: bool = typer.Option(False, "--list", help="List the registered tasks and exit."),
 ) -> None:
     """SUPERB-style probing: the encoder is frozen, a learnable softmax-weighted sum of all its hidden
@@ -69,6 +73,9 @@ def command(
     with user_errors(out=out, device=device) as device:
         from ..probe import default_tasks, run_probe, write_reports
 
+        from ..probe.profiles import get_profile
+
+        get_profile(profile)
         refs = [m for item in model or [DEFAULT_MODEL] for m in split_csv(item)]
         check_models(refs)
         if seeds < 1:
@@ -84,8 +91,10 @@ def command(
                      ", ".join(t.name for t in task_list))
             run_probe(ref, task_list, out, seeds=tuple(range(seeds)), size="quick" if quick else "default",
                       fsdd_root=str(fsdd) if fsdd else None, limit=limit or None, epochs=epochs,
-                      cache_dir=cache_dir, device=device, skip_bad=skip_bad, replace=overwrite)
+                      cache_dir=cache_dir, device=device, skip_bad=skip_bad, replace=overwrite, profile=profile)
         rep = write_reports(out)
+    if rep.get("profile"):
+        typer.echo(rep["profile"] + "\n")
     typer.echo(rep["table"])
     typer.echo(f"\nresults: {out / 'results.jsonl'}\nsummary: {rep['summary']}"
                + (f"\nlayer weights: {rep['plot']}" if rep["plot"] else ""))

@@ -110,28 +110,46 @@ def bilstm_padded(rnn: nn.LSTM, x: torch.Tensor, lens: torch.Tensor) -> torch.Te
 
 
 class CTCHead(_Head):
-    """CTC over tokens. ``hidden=0``: a single linear layer (SUPERB PR). Otherwise linear ``proj``
-    followed by ``layers`` BiLSTM layers of ``hidden`` units per direction (the ASR setup)."""
+    """CTC over tokens. ``hidden=0``: a linear layer on the mixed states (SUPERB PR), after a linear
+    projection to ``proj`` dims when ``proj`` is set (s3prl's PR recipe). Otherwise a linear
+    projection to ``proj`` dims (default 256) followed by ``layers`` BiLSTM layers of ``hidden``
+    units per direction (the ASR setup), ``dropout`` between them and ``final_dropout`` after the
+    last (s3prl applies its dropout after every layer). ``specaugment``: an option of
+    :meth:`speechft.finetune.specaug.SpecAugmentConfig.from_option`, applied to the mixed states
+    in training (s3prl's ASR recipe)."""
 
     kind = "ctc"
 
-    def __init__(self, in_dim, vocab_size, num_states=1, layer_sum=False, hidden=0, layers=0, proj=256, dropout=0.1):
+    def __init__(self, in_dim, vocab_size, num_states=1, layer_sum=False, hidden=0, layers=0, proj=None, dropout=0.1,
+                 final_dropout=0.0, specaugment=None):
         super().__init__(in_dim, num_states, layer_sum)
+        from ..finetune.specaug import SpecAugment, SpecAugmentConfig
+
         self.vocab_size = vocab_size  # including blank (index 0)
+        aug = SpecAugmentConfig.from_option(specaugment)
+        self.augment = SpecAugment(aug) if aug is not None else None
+        self.final_dropout = float(final_dropout)
         if hidden and layers:
+            proj = proj or 256
             self.proj = nn.Linear(in_dim, proj)
             self.rnn = nn.LSTM(proj, hidden, num_layers=layers, bidirectional=True, batch_first=True,
                                dropout=dropout if layers > 1 else 0.0)
             self.out = nn.Linear(2 * hidden, vocab_size)
         else:
-            self.proj, self.rnn = None, None
-            self.out = nn.Linear(in_dim, vocab_size)
+            self.proj = nn.Linear(in_dim, proj) if proj else None
+            self.rnn = None
+            self.out = nn.Linear(proj or in_dim, vocab_size)
 
     def forward(self, states: States, frame_lens: torch.Tensor) -> torch.Tensor:
         x = self.mix(states)
-        if self.rnn is not None:
+        if self.augment is not None:
+            x = self.augment(x, frame_lens)
+        if self.proj is not None:
             x = self.proj(x)
+        if self.rnn is not None:
             x = bilstm_padded(self.rnn, x, frame_lens.clamp(min=1, max=x.shape[1]).to(x.device))
+            if self.final_dropout:
+                x = F.dropout(x, self.final_dropout, self.training)
         return self.out(x)
 
     def loss(self, logits, frame_lens, targets, reduction: str = "sum"):
@@ -156,17 +174,26 @@ class CTCHead(_Head):
         return out
 
 
+def projector(in_dim: int, proj: int) -> nn.Module:
+    """s3prl's utterance-level projector (a linear map to ``proj`` dims), or the identity for 0.
+    A linear map commutes with mean pooling, so it is applied to the pooled vector: the same
+    result as projecting every frame, and cached pooled features still serve the head."""
+    return nn.Linear(in_dim, proj) if proj else nn.Identity()
+
+
 class PoolClassifier(_Head):
-    """Mean-pool over real frames + linear (SUPERB KS/SID/ER/LID)."""
+    """Mean-pool over real frames + linear (SUPERB KS/SID/ER/LID); ``proj``: a linear projection
+    to that many dims first (s3prl's ``projector_dim``)."""
 
     kind = "classify"
 
-    def __init__(self, in_dim, num_classes, num_states=1, layer_sum=False):
+    def __init__(self, in_dim, num_classes, num_states=1, layer_sum=False, proj=0):
         super().__init__(in_dim, num_states, layer_sum)
-        self.out = nn.Linear(in_dim, num_classes)
+        self.proj = projector(in_dim, proj)
+        self.out = nn.Linear(proj or in_dim, num_classes)
 
     def forward(self, states, frame_lens):
-        return self.out(mean_pool(self.mix(states), frame_lens))
+        return self.out(self.proj(mean_pool(self.mix(states), frame_lens)))
 
     def loss(self, logits, frame_lens, targets, reduction: str = "sum"):
         return F.cross_entropy(logits.float(), torch.as_tensor(list(targets), dtype=torch.long, device=logits.device),
@@ -181,16 +208,18 @@ class PoolClassifier(_Head):
 
 
 class SlotsClassifier(_Head):
-    """Mean-pool + one linear softmax per slot (SUPERB IC); a prediction is right when all slots are."""
+    """Mean-pool + one linear softmax per slot (SUPERB IC); a prediction is right when all slots are.
+    ``proj``: as :class:`PoolClassifier`."""
 
     kind = "slots"
 
-    def __init__(self, in_dim, slot_sizes: Sequence[int], num_states=1, layer_sum=False):
+    def __init__(self, in_dim, slot_sizes: Sequence[int], num_states=1, layer_sum=False, proj=0):
         super().__init__(in_dim, num_states, layer_sum)
-        self.outs = nn.ModuleList(nn.Linear(in_dim, n) for n in slot_sizes)
+        self.proj = projector(in_dim, proj)
+        self.outs = nn.ModuleList(nn.Linear(proj or in_dim, n) for n in slot_sizes)
 
     def forward(self, states, frame_lens):
-        pooled = mean_pool(self.mix(states), frame_lens)
+        pooled = self.proj(mean_pool(self.mix(states), frame_lens))
         return [o(pooled) for o in self.outs]
 
     def loss(self, logits, frame_lens, targets, reduction: str = "sum"):
@@ -215,5 +244,5 @@ def build_head(task, in_dim: int, num_states: int, vocab, layer_sum: bool = True
             opts.setdefault("layers", 0)
         return CTCHead(in_dim, len(vocab), num_states=num_states, layer_sum=layer_sum, **opts)
     if task.kind == "classify":
-        return PoolClassifier(in_dim, len(vocab), num_states=num_states, layer_sum=layer_sum)
-    return SlotsClassifier(in_dim, vocab.slot_sizes(), num_states=num_states, layer_sum=layer_sum)
+        return PoolClassifier(in_dim, len(vocab), num_states=num_states, layer_sum=layer_sum, **opts)
+    return SlotsClassifier(in_dim, vocab.slot_sizes(), num_states=num_states, layer_sum=layer_sum, **opts)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..utils.io import atomic_write_text, read_jsonl
-from .score import HARNESS_SOURCE, OFFICIAL, score_table
+from .score import profile_note, profile_of, reference_point, score_table
 
 ARROW = {True: "↑", False: "↓"}
 
@@ -69,18 +69,22 @@ def write_summary(out_dir: str | Path) -> Path:
         raise FileNotFoundError(f"no probe results in {out_dir / 'results.jsonl'}")
     header, rows = table_rows(records)
     tasks = _tasks(records)
+    profile = profile_of(records)
     lines = ["# Probe results", "",
              "Frozen encoders, learnable weighted sum of all hidden states, head trained from scratch, "
-             "dev-selected checkpoint, test metric (%, mean ± std over seeds).", "", _md(header, rows), ""]
+             "dev-selected checkpoint, test metric (%, mean ± std over seeds).", "", profile_note(profile, tasks), "",
+             _md(header, rows), ""]
     table = score_table(records)
     pts_rows = [[r["model"]] + [("–" if r["tasks"].get(t, {}).get("points") is None else f"{r['tasks'][t]['points']:.0f}")
                                 for t in tasks] for r in table]
     lines += ["## SUPERB points per task", "",
               "p = 1000 · (s − s_FBANK) / (s_ref − s_FBANK); FBANK = 0, reference = 1000.", "",
               _md(["model"] + list(tasks), pts_rows), ""]
+    meta = {r["task"]: (r["metric"], bool(r["higher_is_better"])) for r in records}
+    refs = {t: reference_point(t, *meta[t], None, profile) for t in tasks}
     lines += ["## Reference points", "", _md(["task", "s_FBANK", "s_ref", "source"], [
-        [t, f"{OFFICIAL[t].fbank:g}", f"{OFFICIAL[t].reference:g}", OFFICIAL[t].source] if t in OFFICIAL
-        else [t, "harness", "perfect", HARNESS_SOURCE] for t in tasks]), ""]
+        [t, "harness" if rp.fbank is None else f"{rp.fbank:g}", f"{rp.reference:g}", rp.source]
+        for t, rp in refs.items()]), ""]
     missing = {(r["model"], t): why for r in table for t, why in r["missing"].items()}
     if missing:
         lines += ["## Not scored", ""] + [f"- {m} / {t}: {why}" for (m, t), why in missing.items()] + [""]
@@ -143,4 +147,5 @@ def write_reports(out_dir: str | Path) -> dict:
     """summary.md + layer_weights.png; returns their paths and the console table."""
     out_dir = Path(out_dir)
     records = read_jsonl(out_dir / "results.jsonl")
-    return {"summary": write_summary(out_dir), "plot": plot_layer_weights(out_dir), "table": format_table(records)}
+    return {"summary": write_summary(out_dir), "plot": plot_layer_weights(out_dir), "table": format_table(records),
+            "profile": profile_note(profile_of(records), _tasks(records)).replace("**", "")}

@@ -19,7 +19,7 @@ import functools
 import logging
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -31,7 +31,8 @@ from ..utils.device import default_device
 from ..utils.io import append_jsonl, check_writable, jsonl_lock, read_jsonl, rewrite_jsonl
 from ..utils.provenance import changes, file_digest, key_of, stat_digest
 from . import cache as fcache
-from .train import CachedSource, ProbeConfig, default_config, train_head, uses_pooled
+from .profiles import DEFAULT_PROFILE, get_profile
+from .train import CachedSource, ProbeConfig, train_head, uses_pooled
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,13 @@ def data_provenance(task: Task, manifests: dict, rows: dict, size: str, limit: O
     }
 
 
-def record_provenance(data: dict, fingerprint: str, encoder_version: str, cfg, seed: int) -> dict:
-    """The provenance of one probe record: data, model weights, head training settings, seed, versions."""
-    return {"data": data, "model": {"fingerprint": fingerprint, "encoder_version": encoder_version},
-            "train": {**cfg.to_dict(), "optimizer": "adam"}, "seed": int(seed),
+def record_provenance(plan: "TaskPlan", fingerprint: str, encoder_version: str, seed: int) -> dict:
+    """The provenance of one probe record: data, model weights, head and training settings (and the
+    profile they come from), seed, versions."""
+    return {"data": plan.data, "model": {"fingerprint": fingerprint, "encoder_version": encoder_version},
+            "train": {**plan.cfg.to_dict(), "optimizer": "adam", "profile": plan.profile, "head": plan.task.head,
+                      "head_options": plan.head_options},
+            "seed": int(seed),
             "versions": {"record": SCHEMA_VERSION, "package": __version__}}
 
 
@@ -200,14 +204,16 @@ class TaskPlan:
     rows: dict  # split -> validated, subsampled rows
     cfg: ProbeConfig
     data: dict  # data_provenance(...)
+    head_options: dict = field(default_factory=dict)  # build_head options (the profile's, else the task's)
+    profile: str = DEFAULT_PROFILE
 
 
 def plan_tasks(task_list: Sequence[Task], size: str, fsdd_root: Optional[str], limit: Optional[int],
-               skip_bad: bool, epochs: Optional[int], options: dict) -> list[TaskPlan]:
-    """Check training options and read every task's data first: a bad file fails in seconds, not
-    after other tasks have trained."""
-    for t in task_list:
-        default_config(t, quick=size == "quick", epochs=epochs, **options)
+               skip_bad: bool, epochs: Optional[int], options: dict, profile: str = DEFAULT_PROFILE) -> list[TaskPlan]:
+    """Check training options and the profile's coverage, then read every task's data: a bad file
+    or option fails in seconds, not after other tasks have trained."""
+    prof = get_profile(profile)
+    settings = {t.name: prof.settings(t, quick=size == "quick", epochs=epochs, **options) for t in task_list}
     plans = []
     for t in task_list:
         manifests = t.resolve_manifests(size=size, fsdd_root=fsdd_root)
@@ -215,8 +221,9 @@ def plan_tasks(task_list: Sequence[Task], size: str, fsdd_root: Optional[str], l
         for s, rs in rows.items():
             if not rs:
                 raise ValueError(f"task {t.name}: the {s} manifest {manifests[s]} has no usable rows")
-        plans.append(TaskPlan(t, manifests, rows, default_config(t, quick=size == "quick", epochs=epochs, **options),
-                              data_provenance(t, manifests, rows, size, limit)))
+        cfg, head_options = settings[t.name]
+        plans.append(TaskPlan(t, manifests, rows, cfg, data_provenance(t, manifests, rows, size, limit),
+                              head_options, prof.name))
     return plans
 
 
@@ -255,7 +262,7 @@ def check_stale(results_path: Path, existing: list[dict], name: str, plans: Sequ
     Returns the records that remain."""
     stale = []
     for p in plans:
-        prov = record_provenance(p.data, fingerprint, enc_version, p.cfg, 0)
+        prov = record_provenance(p, fingerprint, enc_version, 0)
         old = _stale(existing, name, p.task.name, record_keys(prov)["group_key"])
         if old and not replace:
             raise ValueError(_stale_message(results_path, name, p.task.name, old[-1], {**prov, "seed": old[-1].get("seed")}))
@@ -291,7 +298,7 @@ def _train_one(encoder, plan: TaskPlan, vocab, sources, targets, refs, seed: int
 
     torch.manual_seed(seed)
     c1 = time.process_time()
-    head = build_head(plan.task, encoder.hidden_size, encoder.num_layers + 1, vocab, layer_sum=True)
+    head = build_head(plan.task, encoder.hidden_size, encoder.num_layers + 1, vocab, layer_sum=True, **plan.head_options)
     res = train_head(head, plan.task, vocab, sources, targets, refs, plan.cfg, seed, encoder.frame_rate,
                      progress=progress, desc=f"{plan.task.name} seed {seed}", device=device)
     return {**res, "train_cpu_seconds": round(time.process_time() - c1, 3)}
@@ -314,13 +321,16 @@ def _record(name: str, encoder, fingerprint: str, plan: TaskPlan, seed: int, res
         "higher_is_better": task.higher_is_better,
         "seed": seed,
         "best_epoch": res["best_epoch"],
+        "best_step": res["best_step"],
         "epochs_run": res["epochs_run"],
+        "steps_run": res["steps_run"],
+        "profile": plan.profile,
         "layer_weights": res["layer_weights"],
         "num_states": encoder.num_layers + 1,
         "size": size,
         "limit": limit,
         "num_utterances": {s: len(rs) for s, rs in plan.rows.items()},
-        "config": {**plan.cfg.to_dict(), "head": task.head, "head_options": task.head_options(),
+        "config": {**plan.cfg.to_dict(), "head": task.head, "head_options": plan.head_options,
                    "pooled_features": res["pooled_features"], "optimizer": "adam"},
         "history": res["history"],
         "test_items": res.get("test_items"),
@@ -354,6 +364,7 @@ def run_probe(
     epochs: Optional[int] = None,
     cache_dir: Optional[Union[str, Path]] = None,
     replace: bool = False,
+    profile: str = DEFAULT_PROFILE,
     **options,
 ) -> list[dict]:
     """Probe ``model`` on ``tasks``; append one record per (task, seed) to ``out_dir/results.jsonl``.
@@ -367,11 +378,13 @@ def run_probe(
         model_name: name in the records (default: the reference, or the encoder's ``name``).
         epochs: override every task's default number of epochs.
         cache_dir: root of the feature cache (default ``data_home()/features``).
+        profile: the probe profile (:mod:`speechft.probe.profiles`): ``fast`` (default) or ``superb``.
         replace: records of ``model_name`` on a task made with other inputs (data, weights, settings)
             are removed and recomputed; without it they are an error (``ValueError`` naming what changed).
         options: ``device`` ("cpu"), ``skip_bad`` (drop invalid rows instead of failing),
             ``progress`` (tqdm bars), ``extract_batch_seconds``, and head-training overrides
-            ``lr``, ``batch_seconds``, ``batch_size``, ``grad_clip``.
+            ``lr``, ``batch_seconds``, ``batch_size``, ``grad_clip``, ``max_steps``, ``grad_accum``,
+            ``eval_every``.
 
     Returns:
         The records of this model for the requested tasks and seeds, those already present
@@ -388,7 +401,7 @@ def run_probe(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("at least one seed is needed")
-    plans = plan_tasks(_resolve_tasks(tasks), size, fsdd_root, limit, skip_bad, epochs, options)
+    plans = plan_tasks(_resolve_tasks(tasks), size, fsdd_root, limit, skip_bad, epochs, options, profile)
     out_dir = Path(out_dir)
     check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +419,7 @@ def run_probe(
             by_key.setdefault(r.get("key"), []).append(r)
         todo = []
         for seed in seeds:
-            same = by_key.get(record_keys(record_provenance(plan.data, fingerprint, enc_version, plan.cfg, seed))["key"], [])
+            same = by_key.get(record_keys(record_provenance(plan, fingerprint, enc_version, seed))["key"], [])
             mine = [r for r in same if r.get("model") == name]
             if mine:
                 log.info("%s / %s / seed %d: already in %s (same inputs), skipped", name, task.name, seed, results_path)
@@ -430,7 +443,7 @@ def run_probe(
                   "extract_cpu_seconds": round(time.process_time() - c0, 3)}
         for seed in todo:
             res = _train_one(encoder, plan, vocab, sources, targets, refs, seed, progress, device)
-            prov = record_provenance(plan.data, fingerprint, enc_version, plan.cfg, seed)
+            prov = record_provenance(plan, fingerprint, enc_version, seed)
             rec = _record(name, encoder, fingerprint, plan, seed, res, prov, size, limit, timing)
             _append(results_path, rec)
             existing.append(rec)

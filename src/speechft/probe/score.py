@@ -7,12 +7,14 @@ Per task t, with s the model's metric (seeds averaged first)::
 so FBANK scores 0 and the reference scores 1000 on every task. For error rates s_ref < s_FBANK and
 the same formula rewards lower errors. The SUPERB score of a model is the mean of p_t over tasks.
 
-Reference points:
+Reference points depend on the probe profile (:mod:`speechft.probe.profiles`) the records were made with:
 
-* Real SUPERB tasks (``pr``, ``asr``, ``ks``, ``sid``, ``er``, ``ic``): the published numbers in
-  :data:`OFFICIAL` below, with their sources.
-* Everything else (lite, FSDD, TED-LIUM 3, user tasks): s_FBANK is FBANK probed by this same
-  harness (records of the model ``fbank``), and s_ref is a perfect score (accuracy 1, error rate 0).
+* ``superb`` profile (s3prl's recipes) on the real SUPERB tasks (``pr``, ``asr``, ``ks``, ``sid``,
+  ``er``, ``ic``): the published numbers in :data:`OFFICIAL` below, with their sources.
+* Everything else (the ``fast`` profile on any task, and lite, FSDD, TED-LIUM 3, user tasks): s_FBANK
+  is FBANK probed by this same harness with the same profile (records of the model ``fbank``), and
+  s_ref is a perfect score (accuracy 1, error rate 0). A fast-profile score is never set against
+  the published points: those were measured with SUPERB's recipes.
 
 All metrics here are fractions (PER 0.05 = 5 %, accuracy 0.97), as in the result records.
 """
@@ -68,12 +70,45 @@ def normalized_score(value: float, fbank: float, higher_is_better: bool, ref: Op
     return 1000.0 * (value - fbank) / (ref - fbank)
 
 
-def reference_point(task: str, metric: str, higher_is_better: bool, fbank_value: Optional[float] = None) -> ReferencePoint:
-    """Official point for real SUPERB tasks, else (harness FBANK, perfect score)."""
+def reference_point(task: str, metric: str, higher_is_better: bool, fbank_value: Optional[float] = None,
+                    profile: str = "fast") -> ReferencePoint:
+    """The published point for a real SUPERB task probed with a profile that follows SUPERB's
+    recipes (``superb``), else (FBANK probed by this harness with the same profile, perfect score)."""
+    from .profiles import get_profile
+
     official = OFFICIAL.get(task)
-    if official is not None and official.metric == metric:
+    if official is not None and official.metric == metric and get_profile(profile).published_references:
         return official
     return ReferencePoint(metric, fbank_value, 1.0 if higher_is_better else 0.0, HARNESS_SOURCE)
+
+
+def profile_of(records: Sequence[dict]) -> str:
+    """The one probe profile of ``records`` (``fast`` when there are none); ValueError when they mix
+    profiles: a table or score never sets results of different protocols side by side."""
+    from .profiles import DEFAULT_PROFILE, record_profile
+
+    found = list(dict.fromkeys(record_profile(r) for r in records))
+    if len(found) > 1:
+        raise ValueError(f"the results mix probe profiles ({', '.join(found)}); a table or score compares one "
+                         "profile: probe each profile into its own --out")
+    return found[0] if found else DEFAULT_PROFILE
+
+
+def profile_note(profile: str, tasks: Sequence[str] = ()) -> str:
+    """One sentence for reports: which probe profile made the numbers and what scores them."""
+    from .profiles import get_profile
+
+    prof = get_profile(profile)
+    official = [t for t in tasks if t in OFFICIAL]
+    if prof.published_references and official:
+        refs = f"the published SUPERB reference points for {', '.join(official)} (`speechft.probe.score.OFFICIAL`)"
+        if len(official) < len(tasks):
+            refs += ", FBANK probed with the same profile and a perfect score for the others"
+    else:
+        refs = "FBANK probed with the same profile (= 0) and a perfect score (= 1000) on every task"
+        if official:
+            refs += f", including {', '.join(official)}: not comparable with published SUPERB scores"
+    return f"Probe profile **{prof.name}** ({prof.description}); scores use {refs}."
 
 
 Values = Union[Mapping[str, Union[float, Sequence[float]]], Sequence[dict]]
@@ -144,7 +179,7 @@ def _fbank_from_records(records: Sequence[dict], data_keys: Optional[Mapping[str
 
 
 def superb_score(values: Values, fbank: Optional[Values] = None, model: Optional[str] = None,
-                 metrics: Optional[Mapping[str, tuple]] = None) -> dict:
+                 metrics: Optional[Mapping[str, tuple]] = None, profile: Optional[str] = None) -> dict:
     """SUPERB score of one model.
 
     Args:
@@ -154,6 +189,8 @@ def superb_score(values: Values, fbank: Optional[Values] = None, model: Optional
             for tasks without an official reference point.
         metrics: ``{task: (metric, higher_is_better)}`` when ``values`` is a plain mapping and a task
             is not in the registry (user tasks).
+        profile: the probe profile the values were made with (default: the records', else ``fast``);
+            it decides the reference points (:func:`reference_point`).
 
     Returns:
         ``{"score": mean p over scored tasks (None if none), "tasks": {task: {"metric", "value",
@@ -173,7 +210,9 @@ def superb_score(values: Values, fbank: Optional[Values] = None, model: Optional
     else:
         raw, meta = _from_records(values, model)
         vals = {t: _mean(v) for t, v in raw.items()}
+        profile = profile or profile_of(values)
         fb_src = fbank if fbank is not None else _fbank_from_records(values, {t: m[2] for t, m in meta.items()})
+    profile = profile or "fast"
     if fb_src is None:
         fb = {}
     elif isinstance(fb_src, Mapping):
@@ -184,7 +223,7 @@ def superb_score(values: Values, fbank: Optional[Values] = None, model: Optional
     tasks, missing = {}, {}
     for t, s in vals.items():
         metric, higher = meta[t][:2]
-        rp = reference_point(t, metric, higher, fb.get(t))
+        rp = reference_point(t, metric, higher, fb.get(t), profile)
         if rp.fbank is None:
             missing[t] = "no FBANK result for this task (probe the model 'fbank' on it)"
             continue
@@ -202,12 +241,14 @@ def superb_score(values: Values, fbank: Optional[Values] = None, model: Optional
 def score_table(records: Sequence[dict]) -> list[dict]:
     """One row per model in ``records`` (FBANK included, scoring 0 by construction):
     ``{"model", "score", "tasks": {task: {"mean", "std", "n", "metric", "higher_is_better", "points",
-    "data_key"}}, "missing"}``. Each task is scored against FBANK records on the same data only."""
+    "data_key"}}, "missing"}``. Each task is scored against FBANK records on the same data only;
+    records of more than one probe profile are refused (:func:`profile_of`)."""
+    profile = profile_of(records)
     rows = []
     for model in dict.fromkeys(r["model"] for r in records):
         raw, meta = _from_records(records, model)
         fb = _fbank_from_records(records, {t: m[2] for t, m in meta.items()})
-        sc = superb_score(raw, fbank=fb, metrics={t: m[:2] for t, m in meta.items()})
+        sc = superb_score(raw, fbank=fb, metrics={t: m[:2] for t, m in meta.items()}, profile=profile)
         per = {}
         for t, v in raw.items():
             per[t] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v),

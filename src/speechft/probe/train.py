@@ -40,14 +40,41 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """How a head is trained (what is trained is the task's business)."""
+    """How a head is trained (what is trained is the task's business, or a probe profile's).
 
-    epochs: int
+    Batching: pooled heads take ``batch_size`` utterances; frame-level (CTC) heads take batches of
+    at most ``batch_seconds`` padded seconds, or, with ``batch_seconds=None``, ``batch_size``
+    length-bucketed utterances (s3prl's bucketing). ``grad_accum`` batches make one optimizer step.
+
+    Length and selection: with ``eval_every=None`` the dev metric is measured after every epoch and
+    training stops after ``epochs`` epochs or after the epoch that reaches ``max_steps`` optimizer
+    steps; with ``eval_every=N`` it is measured every N optimizer steps (and at the end) and training
+    stops at exactly ``max_steps`` steps (s3prl's ``total_steps``/``eval_step``). At least one of
+    ``epochs`` and ``max_steps`` is set.
+    """
+
+    epochs: Optional[int]
     lr: float
-    batch_seconds: float = 60.0  # frame-level heads: padded seconds of audio per batch
-    batch_size: int = 32  # pooled heads: utterances per batch
+    batch_seconds: Optional[float] = 60.0
+    batch_size: int = 32
     grad_clip: float = 1.0
-    max_steps: Optional[int] = None  # stop after the epoch that reaches this many steps (None: all epochs)
+    max_steps: Optional[int] = None
+    grad_accum: int = 1
+    eval_every: Optional[int] = None
+
+    def __post_init__(self):
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("a probe needs epochs or max_steps (both unset: it would never stop)")
+        for name in ("epochs", "max_steps", "eval_every"):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise ValueError(f"{name} must be at least 1, not {v}")
+        if self.grad_accum < 1 or self.batch_size < 1:
+            raise ValueError(f"grad_accum and batch_size must be at least 1 (got {self.grad_accum}, {self.batch_size})")
+        if self.batch_seconds is not None and self.batch_seconds <= 0:
+            raise ValueError(f"batch_seconds must be positive or None, not {self.batch_seconds}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, not {self.lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,11 +101,18 @@ QUICK_DIVISOR = 4
 
 
 def default_config(task, quick: bool = False, epochs: Optional[int] = None, **overrides) -> ProbeConfig:
+    """The fast profile's training settings of ``task`` (its head type's :data:`HEAD_DEFAULTS`)."""
     base = HEAD_DEFAULTS.get(task.head)
     if base is None:
         raise UnknownNameError(f"task {task.name}: no training defaults for head {task.head!r}; known: {', '.join(HEAD_DEFAULTS)}")
+    return adjust_config(base, quick=quick, epochs=epochs, **overrides)
+
+
+def adjust_config(base: ProbeConfig, quick: bool = False, epochs: Optional[int] = None, **overrides) -> ProbeConfig:
+    """``base`` with quick mode (epochs / QUICK_DIVISOR), an exact number of epochs (no step cap)
+    and per-field overrides (None values ignored) applied."""
     kw = base.to_dict()
-    if quick:
+    if quick and base.epochs is not None:
         kw["epochs"] = max(3, base.epochs // QUICK_DIVISOR)
     if epochs is not None:  # an explicit number of epochs is honoured exactly (no step cap)
         if epochs < 1:
@@ -203,6 +237,22 @@ def frame_batches(lengths: Sequence[float], max_frames: float, rng: Optional[np.
     return batches
 
 
+def bucket_batches(lengths: Sequence[float], batch_size: int, rng: Optional[np.random.Generator]) -> list[list[int]]:
+    """Batches of ``batch_size`` utterances of similar lengths: with ``rng``, shuffled pools of
+    64 utterances sorted by length, then shuffled batch order; without, length-sorted."""
+    n = len(lengths)
+    if rng is None:
+        pools = [sorted(range(n), key=lambda i: (lengths[i], i))]
+    else:
+        perm = rng.permutation(n).tolist()
+        size = max(64, batch_size)
+        pools = [sorted(perm[i: i + size], key=lambda j: lengths[j]) for i in range(0, n, size)]
+    batches = [pool[i: i + batch_size] for pool in pools for i in range(0, len(pool), batch_size)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
 def count_batches(n: int, batch_size: int, rng: Optional[np.random.Generator]) -> list[list[int]]:
     order = rng.permutation(n).tolist() if rng is not None else list(range(n))
     return [order[i: i + batch_size] for i in range(0, n, batch_size)]
@@ -218,6 +268,8 @@ def evaluate(head, task, vocab, source, targets: Sequence, refs: Optional[Sequen
     head.eval()
     if pooled:
         batches = count_batches(len(source), max(cfg.batch_size, 128), None)
+    elif cfg.batch_seconds is None:
+        batches = bucket_batches(source.lengths, cfg.batch_size, None)
     else:
         batches = frame_batches(source.lengths, cfg.batch_seconds * frame_rate, None)
     preds: list = [None] * len(source)
@@ -277,47 +329,87 @@ def _to(batch, device: str):
     return [s.to(device, non_blocking=True) for s in states], frame_lens.to(device)
 
 
+def epoch_batches(task, source, cfg: ProbeConfig, frame_rate: float, pooled: bool,
+                  rng: Optional[np.random.Generator]) -> list[list[int]]:
+    """One epoch's training batches (index lists into ``source``), as :class:`ProbeConfig` says."""
+    if pooled or task.kind != "ctc":
+        return count_batches(len(source), cfg.batch_size, rng)
+    if cfg.batch_seconds is None:
+        return bucket_batches(source.lengths, cfg.batch_size, rng)
+    return frame_batches(source.lengths, cfg.batch_seconds * frame_rate, rng)
+
+
+def epochs_to_run(cfg: ProbeConfig, batches_per_epoch: int) -> Optional[int]:
+    """Epochs of a per-epoch schedule (``cfg.epochs`` capped by ``max_steps``); None for a step
+    schedule without an epoch limit."""
+    per_epoch = max(1, -(-batches_per_epoch // cfg.grad_accum))
+    cap = -(-cfg.max_steps // per_epoch) if cfg.max_steps else None
+    if cfg.epochs is None:
+        return None if cfg.eval_every else cap
+    return max(1, min(cfg.epochs, cap)) if cap and not cfg.eval_every else cfg.epochs
+
+
 def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pooled, progress, desc, device) -> dict:
     from tqdm.auto import tqdm
 
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     higher = task.higher_is_better
-    best, best_state, best_epoch, history = None, None, -1, []
+    sel = {"best": None, "state": None, "epoch": -1, "step": 0}
+    history: list = []
     train_src, train_tgt = sources["train"], targets["train"]
     t0 = time.perf_counter()
-    epochs = cfg.epochs
-    if cfg.max_steps:
-        per_epoch = len(count_batches(len(train_src), cfg.batch_size, None)) if (pooled or task.kind != "ctc") \
-            else len(frame_batches(train_src.lengths, cfg.batch_seconds * frame_rate, None))
-        epochs = max(1, min(epochs, -(-cfg.max_steps // max(per_epoch, 1))))
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
-    for epoch in bar:
+    step_schedule = cfg.eval_every is not None
+    epochs = epochs_to_run(cfg, len(epoch_batches(task, train_src, cfg, frame_rate, pooled, None)))
+    bar = tqdm(total=cfg.max_steps if step_schedule else epochs, desc=desc, unit="step" if step_schedule else "epoch",
+               disable=not progress, leave=False)
+
+    def select(epoch: int, step: int, loss: float) -> None:
+        dev = evaluate(head, task, vocab, sources["dev"], targets["dev"], refs.get("dev"), cfg, frame_rate, pooled, device)
         head.train()
-        if pooled or task.kind != "ctc":
-            batches = count_batches(len(train_src), cfg.batch_size, rng)
-        else:
-            batches = frame_batches(train_src.lengths, cfg.batch_seconds * frame_rate, rng)
+        history.append({"epoch": epoch, "step": step, "train_loss": loss, "dev": dev})
+        if _better(dev, sel["best"], higher):
+            sel.update(best=dev, epoch=epoch, step=step, state=copy.deepcopy(head.state_dict()))
+        bar.set_postfix(loss=f"{loss:.3f}", dev=f"{dev:.4f}")
+
+    steps, micro, epoch, done = 0, 0, 0, False
+    while not done:
+        epoch += 1
+        head.train()
         total, units = 0.0, 0
-        for idx in batches:
+        for idx in epoch_batches(task, train_src, cfg, frame_rate, pooled, rng):
             states, frame_lens = _to(train_src.inputs(idx, pooled), device)
             tgt = [train_tgt[i] for i in idx]
             logits = head(states, frame_lens)
             n = max(1, head.num_units(tgt))
             # Summed loss over the batch divided by its real units (tokens / utterances).
             loss = head.loss(logits, frame_lens, tgt, reduction="sum") / n
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
+            total += float(loss.detach()) * n
+            units += n
+            micro += 1
+            if micro % cfg.grad_accum:  # accumulate (across epochs too, as s3prl's runner does)
+                continue
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
             opt.step()
-            total += float(loss.detach()) * n
-            units += n
-        dev = evaluate(head, task, vocab, sources["dev"], targets["dev"], refs.get("dev"), cfg, frame_rate, pooled, device)
-        history.append({"epoch": epoch + 1, "train_loss": total / max(units, 1), "dev": dev})
-        if _better(dev, best, higher):
-            best, best_epoch, best_state = dev, epoch + 1, copy.deepcopy(head.state_dict())
-        bar.set_postfix(loss=f"{total / max(units, 1):.3f}", dev=f"{dev:.4f}")
+            opt.zero_grad(set_to_none=True)
+            steps += 1
+            if step_schedule:
+                bar.update(1)
+                if steps % cfg.eval_every == 0:
+                    select(epoch, steps, total / max(units, 1))
+                if cfg.max_steps and steps >= cfg.max_steps:
+                    done = True
+                    break
+        if not step_schedule:
+            select(epoch, steps, total / max(units, 1))
+            bar.update(1)
+        if epochs is not None and epoch >= epochs:
+            done = True
+    if not history or history[-1]["step"] != steps:
+        select(epoch, steps, total / max(units, 1))
     bar.close()
+    best, best_epoch, best_state = sel["best"], sel["epoch"], sel["state"]
     head.load_state_dict(best_state)
     test, test_items = evaluate(head, task, vocab, sources["test"], targets["test"], refs.get("test"), cfg, frame_rate,
                                 pooled, device, items=True)
@@ -326,9 +418,11 @@ def _train(head, task, vocab, sources, targets, refs, cfg, rng, frame_rate, pool
         "test_items": test_items,
         "dev_value": best,
         "best_epoch": best_epoch,
+        "best_step": sel["step"],
         "layer_weights": head.layer_weights(),
         "history": history,
-        "epochs_run": epochs,
+        "epochs_run": epoch,
+        "steps_run": steps,
         "train_seconds": round(time.perf_counter() - t0, 3),
         "pooled_features": bool(pooled),
     }

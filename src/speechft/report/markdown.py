@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..probe import stats
-from ..probe.score import check_groups, is_fbank_record, superb_score
+from ..probe.score import check_groups, is_fbank_record, profile_note, profile_of, superb_score
 from ..utils.io import atomic_write_text, read_jsonl
 
 class Results:
@@ -36,6 +36,7 @@ class Results:
         for r in self.records:
             self.cells.setdefault((owner[r["model"]], r["task"]), []).append(r)
         check_groups(self.records)  # refuses records of one model and task made from other inputs
+        self.profile = profile_of(self.records)  # refuses records of several probe profiles
         self._fb = {t: [r for r in self.records if is_fbank_record(r) and r["task"] == t] for t in self.tasks}
         self._reps: dict = {}
         self._refs: dict = {}
@@ -55,7 +56,8 @@ class Results:
         if (task, data_key) not in self._refs:
             fb = [float(r["value"]) for r in self._fb.get(task, []) if r.get("data_key") == data_key]
             metric, higher = self.meta(task)
-            sc = superb_score({task: [0.0]}, fbank={task: fb} if fb else None, metrics={task: (metric, higher)})
+            sc = superb_score({task: [0.0]}, fbank={task: fb} if fb else None, metrics={task: (metric, higher)},
+                              profile=self.profile)
             info = sc["tasks"].get(task)
             self._refs[(task, data_key)] = (info["fbank"], info["reference"]) if info else None
         return self._refs[(task, data_key)]
@@ -241,9 +243,8 @@ def write_report(layout, cfg, rows: Sequence, tasks: Sequence[str], dropped: Seq
     lines += ["## Results", "",
               "Test metrics in % (error rates ↓, accuracies ↑), mean over probe seeds with its 95 % bootstrap "
               "interval [low, high] (test utterances resampled, and probe seeds resampled when there are several); "
-              "score = mean over tasks of 1000·(s − s_FBANK)/(s_ref − s_FBANK) (the reference points of "
-              "`speechft.probe.score`: the published ones for real SUPERB tasks, a perfect score for the others), "
-              "FBANK probed by the same harness. Best non-FBANK mean per column in bold.", "",
+              "score = mean over tasks of 1000·(s − s_FBANK)/(s_ref − s_FBANK). Best non-FBANK mean per column in "
+              "bold.", "", profile_note(res.profile, tasks), "",
               render_table(res, models, tasks), "",
               f"Seeds per cell: {', '.join(map(str, n_seeds)) or '–'}; test utterances per task: "
               + ", ".join(f"{t} {n}" for t, n in sizes.items() if n) + ".", ""]

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..probe.score import profile_note
 from ..utils.io import atomic_write_text, read_jsonl
 from .markdown import Results, _pts, _verdict, render_table, summarize, timing_lines
 
@@ -114,7 +115,7 @@ def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequ
     lines += ["## Summary", ""] + summary_matrix(res, cfg, plan, tasks) + [""]
     lines += ["Δ fine-tuning task: change of the task's metric in points (positive = better, error rates sign-flipped). "
               "Δ score: change of the SUPERB-style score (mean over the other tasks of "
-              "1000·(s − s_FBANK)/(s_ref − s_FBANK)).", ""]
+              "1000·(s − s_FBANK)/(s_ref − s_FBANK)).", "", profile_note(res.profile, tasks), ""]
     lines += ["### The paper's figures, for reference", "",
               "From the Speech-FT paper (HuBERT Base fine-tuned for ASR on TED-LIUM; SUPERB's own probes). Not "
               "comparable in scale or data with the numbers above; shown so the direction of each effect can be set "
