@@ -53,6 +53,7 @@ def parse_args(argv=None):
                    "base: HuBERT Base (transformers' HubertConfig defaults)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in every run")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--record", type=Path, default=RESULTS, help="JSONL file the record is appended to")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to the results file")
     return p.parse_args(argv)
 
@@ -376,10 +377,10 @@ def main(argv=None) -> int:
         "wall_s": {"speechft": round(sft["wall_s"], 1), "hf_trainer": round(hf["wall_s"], 1)},
     }
     if not args.no_record:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a") as f:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.record, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"record appended to {RESULTS}")
+        print(f"record appended to {args.record}")
     if args.work is None:
         import shutil
 

@@ -290,7 +290,7 @@ def prepare(out_dir: str | Path, size: str = "default", seed: int = 0, tasks: Op
     """Synthesise (or find cached) lite tasks; returns ``{task: {split: manifest path}}``.
 
     ``size``: ``quick`` (tests; ~40/15/15 utterances per task), ``default`` (demo; 300/100/100) or ``study``
-    (200/100/600: larger test sets for intervals).
+    (160/80/450: larger test sets for intervals).
     ``tasks``: a subset of :data:`TASKS` (all by default). ``jobs``: parallel espeak-ng processes.
     """
     if size not in SIZES:
