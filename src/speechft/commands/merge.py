@@ -25,7 +25,10 @@ def command(
                                         "(their encoder/); repeat, or list several after it."),
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),
     out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically)."),
-    alpha: float = typer.Option(0.25, "--alpha", help="Interpolation weight α (0 = θ₀, 1 = θ′)."),
+    alpha: str = typer.Option("0.25", "--alpha", help="Interpolation weight α (0 = θ₀, 1 = θ′), or auto[:RULE[:VALUE]]: "
+                              "chosen from the fine-tuning run itself without probes (linear merge of one "
+                              "fine-tuning run folder; rules ft-dev (default), cka; see docs/merge.md)."),
+    auto_limit: int = typer.Option(200, "--auto-limit", help="--alpha auto: at most N dev utterances (0 = all)."),
     method: str = typer.Option("linear", "--method", help="linear | task_arithmetic | ties | dare | dare_ties."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Per-model weights, comma-separated."),
     density: float = typer.Option(0.5, "--density", help="ties/dare: fraction of task-vector entries kept."),
@@ -39,10 +42,29 @@ def command(
     with user_errors(out=out):
         from ..merge import merge_models
 
-        check_models([pretrained, *finetuned, *(more or [])])
+        sources = [*finetuned, *(more or [])]
+        check_models([pretrained, *sources])
+        value, extra = resolve_alpha(alpha, pretrained, sources, method, auto_limit)
         path = merge_models(
-            pretrained, [*finetuned, *(more or [])], out, method=method, alpha=alpha,
+            pretrained, sources, out, method=method, alpha=value,
             weights=parse_floats(weights, "--weights"), density=density, seed=seed, majority_sign=majority_sign,
-            dtype=dtype, excluded=excluded, overwrite=overwrite,
+            dtype=dtype, excluded=excluded, overwrite=overwrite, card_extra=extra,
         )
         typer.echo(str(path))
+
+
+def resolve_alpha(alpha: str, pretrained: str, sources: list, method: str, limit: int) -> tuple[float, Optional[dict]]:
+    """``(α, card extra)``: a number as given, or ``auto…`` chosen from the one fine-tuning run in ``sources``
+    (its choice, curve and cost go into the merged model's card and one log line)."""
+    if not alpha.strip().startswith("auto"):
+        return parse_floats(alpha, "--alpha")[0], None
+    from ..merge.auto import choose_alpha, run_folder
+
+    if method != "linear" or len(sources) != 1:
+        raise ValueError("--alpha auto chooses α for the linear merge of one fine-tuning run "
+                         f"(got --method {method} with {len(sources)} fine-tuned model(s))")
+    choice = choose_alpha(pretrained, run_folder(sources[0]), alpha.strip(), limit=limit or None)
+    curve = ", ".join(f"{a:g}: {v:.4g}" for a, v in sorted(choice.curve.items()))
+    typer.echo(f"--alpha {alpha}: α = {choice.alpha:g} by {choice.rule} ({choice.value:g}) in {choice.seconds:.1f} s; "
+               f"{choice.metric} per α: {curve}", err=True)
+    return choice.alpha, {"alpha_auto": choice.to_json()}

@@ -118,6 +118,15 @@ def _task_from_run(run: dict, task) -> Task:
     return get_task(run["task"])
 
 
+def load_run(out: str | Path) -> tuple[dict, FinetuneConfig, Task]:
+    """``(run, cfg, task)`` of a fine-tuning output folder, from its ``config.yaml``."""
+    saved = Path(out) / "config.yaml"
+    if not _saved_run(Path(out)):
+        raise FileNotFoundError(f"{saved}: not a fine-tuning run's config (no run.model / run.task)")
+    run = read_yaml_mapping(saved)["run"]
+    return run, load_config(saved), _task_from_run(run, None)
+
+
 def _model_ref(model) -> str:
     """Local folders are recorded as absolute paths (resume from another working directory)."""
     p = Path(str(model)).expanduser()

@@ -1,0 +1,215 @@
+"""Choosing α without probing every α on every task (``--alpha auto``).
+
+Each rule computes a cheap signal over a grid of α from the fine-tuning run itself (no probe is
+trained) and picks α from it; the rules form an explicit registry (``auto:RULE[:VALUE]``):
+
+    ft-dev[:R]   the fine-tuning task's dev metric through the run's own head on the interpolated
+                 encoders θ̂(α) = (1-α)θ₀ + αθ′; the smallest α that keeps at least R (default 0.9) of
+                 the dev gain that α = 1 has over α = 0. Uses the task's dev labels.
+    cka[:C]      the mean over hidden states of the linear CKA between θ̂(α) and θ₀ on the task's dev
+                 audio; the largest α whose similarity is at least C (default 0.9). Uses no labels.
+
+Both evaluate the same grid (default 0, 0.1, …, 1) on at most ``limit`` dev utterances (evenly spaced).
+The selection functions are pure (a curve in, an α out) and tested on curves whose answer is known;
+the curve functions run the models. Which rule ``auto`` means is set by :data:`DEFAULT_RULE`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..utils.names import by_name, lookup
+
+log = logging.getLogger(__name__)
+
+GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    name: str
+    default: float  # the rule's parameter (R or C) when none is given
+    description: str
+
+
+RULES = by_name([
+    AutoRule("ft-dev", 0.9, "smallest α keeping this share of the fine-tuning task's dev gain (α=1 over α=0), "
+                            "measured through the fine-tuning head"),
+    AutoRule("cka", 0.9, "largest α whose mean linear CKA to θ₀ on the task's dev audio stays at least this"),
+], "α rule")
+DEFAULT_RULE = "ft-dev"
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """The chosen α, the rule and parameter that chose it, the signal per α, and its cost."""
+    alpha: float
+    rule: str
+    value: float  # the rule's parameter
+    curve: dict = field(default_factory=dict)  # α -> signal (dev metric, or mean CKA)
+    higher_is_better: bool = True
+    metric: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"alpha": self.alpha, "rule": self.rule, "value": self.value, "metric": self.metric,
+                "higher_is_better": self.higher_is_better, "seconds": round(self.seconds, 2),
+                "curve": {f"{a:g}": v for a, v in sorted(self.curve.items())}}
+
+
+def parse_rule(spec: str) -> tuple[AutoRule, float]:
+    """``'auto'``, ``'auto:cka'``, ``'auto:ft-dev:0.8'`` -> (rule, parameter)."""
+    parts = spec.split(":")
+    if parts[0] != "auto" or len(parts) > 3:
+        raise ValueError(f"--alpha: expected a number or auto[:RULE[:VALUE]], got {spec!r}")
+    rule = lookup(RULES, parts[1] if len(parts) > 1 and parts[1] else DEFAULT_RULE, "α rule")
+    if len(parts) < 3:
+        return rule, rule.default
+    try:
+        value = float(parts[2])
+    except ValueError:
+        raise ValueError(f"--alpha {spec}: {parts[2]!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"--alpha {spec}: the {rule.name} value must be in (0, 1], got {value:g}")
+    return rule, value
+
+
+# -- selection (pure) ----------------------------------------------------------------------------------
+def choose_by_gain(curve: dict, higher_is_better: bool, keep: float) -> float:
+    """The smallest α whose gain over α = 0 is at least ``keep`` × the gain of α = 1. Where fine-tuning
+    did not improve the dev metric (gain of α = 1 ≤ 0) nothing is worth keeping and the best α on dev
+    is returned (ties: the smallest). ``curve``: α -> dev metric; it must hold α = 0 and α = 1."""
+    if 0.0 not in curve or 1.0 not in curve:
+        raise ValueError("the curve needs α = 0 and α = 1")
+    sign = 1.0 if higher_is_better else -1.0
+    oriented = {a: sign * v for a, v in curve.items()}
+    full = oriented[1.0] - oriented[0.0]
+    alphas = sorted(curve)
+    if full <= 0:
+        best = max(oriented.values())
+        return next(a for a in alphas if oriented[a] == best)
+    return next(a for a in alphas if oriented[a] - oriented[0.0] >= keep * full - 1e-12)
+
+
+def choose_by_similarity(curve: dict, threshold: float) -> float:
+    """The largest α whose similarity to θ₀ is at least ``threshold`` (α = 0 always qualifies)."""
+    ok = [a for a, s in curve.items() if a == 0.0 or s >= threshold]
+    return max(ok)
+
+
+# -- signals (run the models) --------------------------------------------------------------------------
+def _evenly(rows: list, limit: Optional[int]) -> list:
+    if not limit or len(rows) <= limit:
+        return list(rows)
+    step = len(rows) / limit
+    return [rows[int(i * step)] for i in range(limit)]
+
+
+def _interpolated(base_enc, sd0: dict, sd1: dict, alpha: float):
+    from ..analysis.run import interpolate
+
+    base_enc.model.load_state_dict(interpolate(sd0, sd1, alpha))
+    return base_enc
+
+
+def ft_dev_curve(pretrained: str, run_dir: str | Path, grid: Sequence[float] = GRID, limit: Optional[int] = 200,
+                 device: str = "cpu") -> tuple[dict, str, bool]:
+    """``({α: dev metric}, metric, higher_is_better)``: the run's head on θ̂(α), on its task's dev split."""
+    from accelerate import Accelerator
+
+    from ..finetune.data import evaluate, load_task_data
+    from ..finetune.model import SpeechFTModel, load_head
+    from ..finetune.run import load_run
+    from ..models.io import load_encoder
+
+    run_dir = Path(run_dir)
+    run, cfg, task = load_run(run_dir)
+    head, vocab, _ = load_head(run_dir / "head", task)
+    data = load_task_data(task, run.get("size", "default"), run.get("fsdd_root"), bool(run.get("skip_bad")), cfg)
+    if list(data.vocab.symbols) != list(vocab.symbols):
+        raise ValueError(f"{run_dir}: the task's training data no longer gives the vocabulary the head was trained "
+                         f"with (the data changed since fine-tuning)")
+    data.dev.rows = _evenly(data.dev.rows, limit)
+    enc = load_encoder(pretrained)
+    sd0 = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    sd1 = load_encoder(str(run_dir / "encoder")).model.state_dict()
+    accelerator = Accelerator(cpu=device == "cpu")
+    curve = {}
+    for a in grid:
+        model = SpeechFTModel(_interpolated(enc, sd0, sd1, a), head).to(accelerator.device)
+        curve[float(a)] = float(evaluate(model, data, cfg, accelerator)[task.metric])
+        log.info("ft-dev: α=%g %s %.4f", a, task.metric, curve[float(a)])
+    return curve, task.metric, task.metric == "accuracy"
+
+
+def cka_curve(pretrained: str, finetuned: str | Path, manifest: str | Path, grid: Sequence[float] = GRID,
+              limit: Optional[int] = 200, batch_seconds: float = 40.0, device: str = "cpu") -> dict:
+    """``{α: mean over hidden states of linear CKA(θ̂(α), θ₀)}`` on the audio of ``manifest``."""
+    import copy
+
+    from ..analysis.run import _frames
+    from ..analysis.similarity import LinearCKA
+    from ..data.dataset import AudioDataset, collate
+    from ..data.sampler import LengthBucketSampler
+    from ..data.validate import load_checked_rows
+    from ..models.encoder import forward_many
+    from ..models.io import load_encoder
+
+    ref = load_encoder(pretrained).eval().to(device)
+    sd0 = ref.model.state_dict()
+    sd1 = load_encoder(str(finetuned)).model.state_dict()
+    grid = [float(a) for a in grid]
+    models = [_interpolated(copy.deepcopy(ref), sd0, sd1, a).eval() for a in grid]
+    ds = AudioDataset(_evenly(load_checked_rows(manifest), limit), max_seconds=20.0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=LengthBucketSampler(ds.durations(), batch_seconds,
+                                                                               shuffle=False), collate_fn=collate)
+    L = ref.num_layers + 1
+    cka = {a: [LinearCKA(ref.hidden_size, ref.hidden_size) for _ in range(L)] for a in grid}
+    everyone = [ref, *models]
+    keys = [e.cnn_key() for e in everyone]
+    with torch.no_grad():
+        for batch in loader:
+            outs = forward_many(everyone, batch["wav"].to(device), batch["wav_lens"].to(device), keys=keys)
+            outs = [([s.float().cpu() for s in st], fl.cpu()) for st, fl in outs]
+            f0 = _frames(*outs[0])
+            for a, (st, fl) in zip(grid, outs[1:]):
+                fa = _frames(st, fl)
+                for layer in range(L):
+                    cka[a][layer].update(f0[layer], fa[layer])
+    return {a: float(sum(c.value() for c in cs) / L) for a, cs in cka.items()}
+
+
+def run_folder(ref: str | Path) -> Path:
+    """The fine-tuning run folder of ``ref``: the folder itself, or the run around ``RUN/encoder``."""
+    p = Path(ref)
+    return p.parent if p.name == "encoder" and (p.parent / "head").is_dir() else p
+
+
+def choose_alpha(pretrained: str, run_dir: str | Path, spec: str = "auto", grid: Sequence[float] = GRID,
+                 limit: Optional[int] = 200, device: str = "cpu") -> AutoChoice:
+    """α for the fine-tuning run ``run_dir`` (a ``speechft finetune`` output folder) by rule ``spec``."""
+    run_dir = Path(run_dir)
+    for need in ("encoder/config.json", "head", "config.yaml"):
+        if not (run_dir / need).exists():
+            raise FileNotFoundError(f"{run_dir}: --alpha auto needs a fine-tuning run folder (no {need}); "
+                                    f"pass the folder `speechft finetune --out` wrote")
+    rule, value = parse_rule(spec)
+    grid = sorted({float(a) for a in grid} | {0.0, 1.0})
+    t0 = time.perf_counter()
+    if rule.name == "ft-dev":
+        curve, metric, hib = ft_dev_curve(pretrained, run_dir, grid, limit, device)
+        alpha = choose_by_gain(curve, hib, value)
+    else:
+        from ..finetune.run import load_run
+
+        run, _, task = load_run(run_dir)
+        manifest = task.resolve_manifests(size=run.get("size", "default"), fsdd_root=run.get("fsdd_root"))["dev"]
+        curve, metric, hib = cka_curve(pretrained, run_dir / "encoder", manifest, grid, limit, device=device), "cka", True
+        alpha = choose_by_similarity(curve, value)
+    return AutoChoice(alpha, rule.name, value, curve, hib, metric, time.perf_counter() - t0)
+
