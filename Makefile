@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test test-fast demo demo-quick study study-quick bench clean espeak
+.PHONY: install test test-fast demo demo-quick study study-quick continual bench clean espeak
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ study: install
 
 study-quick: install
 	$(VENV)/bin/speechft study --quick --config configs/study.yaml --out $(STUDY_OUT)-quick
+
+CONTINUAL_OUT ?= runs/continual
+
+continual: install
+	$(VENV)/bin/speechft study --config configs/continual.yaml --out $(CONTINUAL_OUT)
 
 bench: install
 	$(PY) benchmarks/run_all.py

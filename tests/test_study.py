@@ -112,3 +112,94 @@ def test_tiny_study_end_to_end_every_section_and_resume(tmp_path, lite_quick, mo
     study(dataclasses.replace(cfg), out, workers=1)
     # only the two cheap always-run jobs (data preparation, the unsupervised audio) record a run
     assert calls == [] and sum(r["status"] == "done" for r in read_jsonl(out / "stages.jsonl")) == done + 2
+
+
+# -- continual scenarios ------------------------------------------------------------------------------------
+def _continual_cfg(**kw):
+    base = dict(scenarios=(Scenario("c", kind="continual", order=("lite-ks", "lite-style", "lite-sid"), ft_seeds=1),),
+                tasks=("lite-ks", "lite-style", "lite-sid", "lite-ic"))
+    base.update(kw)
+    return StudyConfig(**base)
+
+
+def test_continual_plan_chains_the_stages_and_probes_intermediate_stages_on_the_order_only(tmp_path):
+    cfg = _continual_cfg()
+    plan = plan_study(cfg, tmp_path, list(cfg.tasks))
+    by = {j.name: j for j in plan.jobs}
+    rows = {r.label: r for r in plan.rows}
+    # each stage fine-tunes the previous stage's model; Speech-FT merges with the previous stage or with θ₀
+    reg3 = by["c: finetune regular stage 3 ft0"]
+    assert reg3.deps == ("prepare", "c: finetune regular stage 2 ft0") and reg3.kwargs["task"] == "lite-sid"
+    assert reg3.kwargs["model"].endswith("regular-stage2-lite-style-ft0/encoder")
+    prev3, zero3 = by["c: merge sft-prev stage 3 ft0"], by["c: merge sft-theta0 stage 3 ft0"]
+    assert prev3.kwargs["model"].endswith("models/sft-prev-stage2-ft0") and zero3.kwargs["model"] == cfg.model
+    assert by["c: finetune sft-prev stage 3 ft0"].kwargs["model"].endswith("models/sft-prev-stage2-ft0")
+    assert by["c: finetune sft-theta0 stage 3 ft0"].kwargs["model"].endswith("models/sft-theta0-stage2-ft0")
+    # stage 1 is one Stable-FT and one merge, shared by the stable-recipe methods
+    assert sum(n.startswith("c: finetune") and "stage 1" in n for n in by) == 2  # stable and regular
+    assert rows["c / Speech-FT, merged with θ₀ after lite-ks"].models == \
+        rows["c / Speech-FT, merged with the previous stage after lite-ks"].models
+    # the multitask merge takes independent Stable-FTs of θ₀ on each task
+    mt = by["c: merge multitask stage 3 ft0"]
+    assert len(mt.kwargs["finetuned"]) == 3 and mt.kwargs["model"] == cfg.model
+    assert by["c: finetune independent stage 2 ft0"].kwargs["model"] == cfg.model
+    # intermediate stages: the order's tasks only; the last stage: the whole suite
+    probes = {n for n in by if n.startswith("probe c / ")}
+    assert "probe c / sequential regular FT stage 1 / ft0 / lite-ks" in probes
+    assert "probe c / sequential regular FT stage 1 / ft0 / lite-ic" not in probes
+    assert "probe c / sequential regular FT stage 3 / ft0 / lite-ic" in probes
+    assert not rows["c / sequential Stable-FT after lite-style"].in_table
+    assert rows["c / sequential Stable-FT after lite-sid"].in_table
+    # every continual model shares θ₀'s CNN (freeze_cnn): one feature pass per task
+    shared = by["extract / lite-sid"].kwargs["refs"]
+    assert any("regular-stage3" in r for r in shared) and any("multitask-stage3" in r for r in shared)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("scenarios: [{name: c, kind: continual, order: [lite-ks]}]\n", "at least two different tasks"),
+    ("scenarios: [{name: c, kind: continual, order: [lite-ks, lite-ks]}]\n", "at least two different tasks"),
+    ("scenarios: [{name: c, kind: continual, order: [lite-ks, lite-kz]}]\n", "lite-ks"),
+    ("scenarios: [{name: c, kind: continual, task: lite-ks, order: [lite-ks, lite-sid]}]\n", "do not apply"),
+])
+def test_continual_config_errors(tmp_path, text, message):
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    with pytest.raises((ValueError, KeyError), match=message):
+        StudyConfig.load(p)
+
+
+def test_continual_needs_a_frozen_cnn(tmp_path):
+    with pytest.raises(ValueError, match="freeze_cnn: true"):
+        plan_study(_continual_cfg(freeze_cnn=False), tmp_path, ["lite-ks", "lite-style", "lite-sid"])
+
+
+def test_shipped_continual_config_loads():
+    cfg = StudyConfig.load("configs/continual.yaml")
+    assert [s.kind for s in cfg.scenarios] == ["continual", "continual"]
+    assert cfg.scenarios[1].order[0].startswith("fsdd-")  # one order starts on real speech
+
+
+@pytest.mark.slow
+def test_tiny_continual_study_end_to_end(tmp_path, lite_quick):
+    from conftest import make_tiny_encoder
+    from speechft.models.io import save_encoder
+    from speechft.study import study
+
+    theta0 = tmp_path / "theta0"
+    save_encoder(make_tiny_encoder(), theta0)
+    cfg = StudyConfig(model=str(theta0), tasks=("lite-ks", "lite-style", "lite-ic"),
+                      scenarios=(Scenario("c", kind="continual", order=("lite-ks", "lite-style"), ft_seeds=1),),
+                      probe_seeds=2, ft_steps=4, ft_batch_seconds=6.0, size="quick", probe_epochs=1)
+    out = tmp_path / "study"
+    text = study(cfg, out, workers=1).read_text()
+    for section in ("## Scenario c: continual fine-tuning lite-ks → lite-style", "### Forgetting matrix",
+                    "| sequential regular FT | 1: lite-ks |", "| Speech-FT, merged with θ₀ | 2: lite-style |",
+                    "| c (continual: lite-ks → lite-style) | multitask merge of independent Stable-FT |",
+                    "forgetting.png"):
+        assert section in text, section
+    assert (out / "scenarios" / "c" / "forgetting.png").stat().st_size > 0
+    recs = read_jsonl(out / "probe" / "results.jsonl")
+    first = [r for r in recs if r["model"] == "c / sequential regular FT stage 1 / ft0"]
+    assert {r["task"] for r in first} == {"lite-ks", "lite-style"}  # intermediate: the order's tasks only
+    last = [r for r in recs if r["model"] == "c / sequential regular FT stage 2 / ft0"]
+    assert {r["task"] for r in last} == {"lite-ks", "lite-style", "lite-ic"}

@@ -42,6 +42,8 @@ class StudyRow:
     models: tuple = ()  # (record name, model reference) per fine-tuning seed
     alpha: Optional[float] = None
     in_table: bool = True
+    probe_tasks: tuple = ()  # probed on these tasks only (a continual scenario's intermediate stages); () = by in_table
+    stage: Optional[int] = None  # continual: 1-based stage after which the model was taken
 
     @property
     def label(self) -> str:
@@ -125,6 +127,114 @@ def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0:
                   StudyRow(sc.name, f"{P.SPEECHFT} (α={cfg.alpha:g})", P.ROLE_SPEECHFT, tuple(sft), alpha=float(cfg.alpha))]
 
 
+def _probed_on(row: StudyRow, task: str, sweep_tasks: dict) -> bool:
+    """Whether ``row``'s models are probed on ``task``: its own task list when it has one (a continual
+    scenario's intermediate stages), else every task for table rows and the sweep's tasks for sweep rows."""
+    if row.probe_tasks:
+        return task in row.probe_tasks
+    return row.in_table or task in sweep_tasks.get(row.scenario, [])
+
+
+# The continual scenario's methods: (key, row name, role). Each fine-tunes the tasks of the order one after
+# another; they differ in what starts the next stage and whether each stage is merged.
+CONTINUAL_METHODS = (
+    ("regular", "sequential regular FT", P.ROLE_REGULAR),  # stage i fine-tunes stage i-1's model, regular recipe
+    ("stable", "sequential Stable-FT", P.ROLE_STABLE),  # the same with the stable recipe, never merged
+    ("sft-prev", "Speech-FT, merged with the previous stage", P.ROLE_SPEECHFT),  # m_i = (1-α) m_{i-1} + α s_i
+    ("sft-theta0", "Speech-FT, merged with θ₀", P.ROLE_SPEECHFT),  # m_i = (1-α) θ₀ + α s_i
+    ("multitask", "multitask merge of independent Stable-FT", P.ROLE_SPEECHFT),  # θ₀ + mean τ_i, each from θ₀
+)
+
+
+def _plan_continual(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: dict, made_by: dict,
+                    shared_cnn: set) -> None:
+    """Rows of a continual scenario: every method of :data:`CONTINUAL_METHODS` after every stage of
+    ``sc.order`` (intermediate stages probed on the order's tasks, the last on the whole suite).
+
+    Stage 1 is the same for the stable-recipe methods (Stable-FT of θ₀ on the first task, and its merge
+    with θ₀ for both Speech-FT methods): one job each, one record name, shared by their rows. The
+    multitask merge takes the first stage's Stable-FT and independent Stable-FTs of θ₀ on the other tasks."""
+    root = scenario_dir(out, sc.name)
+    data = dict(size=cfg.size, fsdd=cfg.fsdd)
+    order = list(sc.order)
+    alpha = float(cfg.alpha)
+    mt_alpha = cfg.multitask.alpha if cfg.multitask else 1.0
+    per_stage: dict = {}  # (method, stage) -> [(record name, ref)] over seeds
+
+    def finetune(slug: str, stage: int, recipe: str, init: str, init_job: Optional[str], k: int) -> tuple[str, str]:
+        rec = get_recipe(recipe)
+        rdir = root / "finetune" / f"{slug}-stage{stage}-{order[stage - 1]}-ft{k}"
+        job = f"{sc.name}: finetune {slug} stage {stage} ft{k}"
+        opts = P.recipe_options(cfg, recipe, seed=k)
+        if cfg.freeze_cnn and not rec.freeze_cnn:
+            opts["freeze_cnn"] = True
+        if not cnn_frozen(rec, opts.get("freeze_cnn")):
+            raise ValueError(f"scenario {sc.name}: the continual scenario needs freeze_cnn: true (every stage keeps "
+                             f"θ₀'s CNN, so that all its models share one feature pass)")
+        plan.jobs.append(Job(job, P._finetune, dict(model=init, task=order[stage - 1], recipe=recipe, rdir=str(rdir),
+                                                    options=opts, **data),
+                             deps=("prepare",) + ((init_job,) if init_job else ()),
+                             outputs=(rdir / "encoder" / "config.json",), inputs=theta0, owns=(rdir,),
+                             cost=100 if recipe == "stable" else 170))
+        return str(rdir / "encoder"), job
+
+    def merge(slug: str, stage: int, base: str, base_job: Optional[str], tuned: list, tuned_jobs: list, a: float,
+              k: int) -> tuple[str, str]:
+        mdir = root / "models" / f"{slug}-stage{stage}-ft{k}"
+        job = f"{sc.name}: merge {slug} stage {stage} ft{k}"
+        plan.jobs.append(Job(job, P._merge, dict(model=base, finetuned=tuned, alphas=[a], outs=[str(mdir)]),
+                             deps=tuple(dict.fromkeys(((base_job,) if base_job else ()) + tuple(tuned_jobs))),
+                             outputs=(mdir / "config.json",), inputs=theta0, owns=(mdir,), cost=1))
+        return str(mdir), job
+
+    def model(method: str, stage: int, k: int, ref: str, job: str, name_method: Optional[str] = None) -> None:
+        name = _name(sc.name, f"{name_method or method} stage {stage}", k)
+        made_by[name] = job
+        shared_cnn.add(name)
+        per_stage.setdefault((method, stage), []).append((name, ref))
+
+    for k in range(cfg.seeds_of(sc)):
+        s1, s1_job = finetune("stable", 1, "stable", cfg.model, None, k)
+        m1, m1_job = merge("speech-ft", 1, cfg.model, None, [s1], [s1_job], alpha, k)
+        for method in ("stable", "sft-prev", "sft-theta0"):
+            if method == "stable":
+                model(method, 1, k, s1, s1_job, "sequential Stable-FT")
+            else:
+                model(method, 1, k, m1, m1_job, f"Speech-FT (α={alpha:g})")
+        prev = {"regular": None, "stable": (s1, s1_job), "sft-prev": (m1, m1_job), "sft-theta0": (m1, m1_job)}
+        reg, reg_job = finetune("regular", 1, "regular", cfg.model, None, k)
+        model("regular", 1, k, reg, reg_job, "sequential regular FT")
+        prev["regular"] = (reg, reg_job)
+        independent = [(s1, s1_job)]
+        for stage in range(2, len(order) + 1):
+            ref, job = finetune("regular", stage, "regular", *prev["regular"], k)
+            prev["regular"] = (ref, job)
+            model("regular", stage, k, ref, job, "sequential regular FT")
+            ref, job = finetune("stable", stage, "stable", *prev["stable"], k)
+            prev["stable"] = (ref, job)
+            model("stable", stage, k, ref, job, "sequential Stable-FT")
+            for method, base in (("sft-prev", prev["sft-prev"]), ("sft-theta0", (cfg.model, None))):
+                tuned, tjob = finetune(method, stage, "stable", *prev[method], k)
+                ref, job = merge(method, stage, base[0], base[1], [tuned], [tjob], alpha, k)
+                prev[method] = (ref, job)
+                model(method, stage, k, ref, job, "Speech-FT, merged with the previous stage" if method == "sft-prev"
+                      else "Speech-FT, merged with θ₀")
+            independent.append(finetune("independent", stage, "stable", cfg.model, None, k))
+        ref, job = merge("multitask", len(order), cfg.model, None, [r for r, _ in independent],
+                         [j for _, j in independent], mt_alpha, k)
+        model("multitask", len(order), k, ref, job, "multitask merge of independent Stable-FT")
+    last = len(order)
+    for key, method, role in CONTINUAL_METHODS:
+        for stage in range(1, last + 1):
+            models = per_stage.get((key, stage))
+            if not models:
+                continue
+            plan.rows.append(StudyRow(sc.name, f"{method} after {order[stage - 1]}", role, tuple(models),
+                                      alpha=mt_alpha if key == "multitask" else (alpha if key.startswith("sft") else None),
+                                      in_table=stage == last, probe_tasks=() if stage == last else tuple(order),
+                                      stage=stage))
+
+
 def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint: str = "") -> StudyPlan:
     """The job graph and rows of one study (``tasks``: the probe suite actually available)."""
     out = Path(out)
@@ -132,7 +242,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
     theta0 = {"model": model_fingerprint}
     data = dict(size=cfg.size, fsdd=cfg.fsdd)
     results = out / "probe" / "results.jsonl"
-    ft_tasks = list(dict.fromkeys(s.task for s in cfg.scenarios if s.task))
+    ft_tasks = list(dict.fromkeys(t for s in cfg.scenarios for t in s.tasks_used()))
     plan.jobs.append(Job("prepare", P._prepare, dict(tasks=list(dict.fromkeys(ft_tasks + list(tasks))), **data),
                          always=True, cost=15))
     plan.rows += [StudyRow("", P.FBANK, P.ROLE_FBANK, ((P.FBANK, "fbank"),)),
@@ -145,6 +255,9 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
         plan.dirs[sc.name] = scenario_dir(out, sc.name)
         if sc.kind == "unsupervised":
             _plan_unsupervised(cfg, sc, out, plan, theta0, made_by)
+            continue
+        if sc.kind == "continual":
+            _plan_continual(cfg, sc, out, plan, theta0, made_by, shared_cnn)
             continue
         root = scenario_dir(out, sc.name)
         recipes = ["regular", "stable"] + [b for b in sc.baselines if b in METHOD_NAMES]
@@ -253,8 +366,8 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
     sweep_tasks = {sc.name: [t for t in dict.fromkeys((sc.task, *cfg.sweep_tasks)) if t in tasks]
                    for sc in cfg.scenarios if sc.kind == "supervised"}
     for task in tasks:
-        wanted = [(n, ref) for r in plan.rows for n, ref in r.models
-                  if r.in_table or task in sweep_tasks.get(r.scenario, [])]
+        wanted = list(dict.fromkeys((n, ref) for r in plan.rows for n, ref in r.models
+                                    if _probed_on(r, task, sweep_tasks)))
         shared = [(n, ref) for n, ref in wanted if n in shared_cnn]
         plan.jobs.append(Job(f"extract / {task}", P._extract,
                              dict(refs=[ref for _, ref in shared], task=task, size=cfg.size, fsdd=cfg.fsdd,
@@ -290,10 +403,10 @@ def study(cfg: StudyConfig, out_dir: str | Path, quick: bool = False, workers: O
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    tasks, dropped = P.available_tasks([*(s.task for s in cfg.scenarios if s.task), *cfg.tasks], cfg.fsdd)
+    tasks, dropped = P.available_tasks([*(t for s in cfg.scenarios for t in s.tasks_used()), *cfg.tasks], cfg.fsdd)
     if dropped:
         log.warning("no FSDD copy found (pass --fsdd PATH or set SPEECHFT_FSDD): skipping %s", ", ".join(dropped))
-    missing = [s.name for s in cfg.scenarios if s.task and s.task not in tasks]
+    missing = [s.name for s in cfg.scenarios if any(t not in tasks for t in s.tasks_used())]
     if missing:
         raise ValueError(f"scenario(s) {', '.join(missing)} fine-tune on a task that is not available "
                          f"(FSDD not found?): pass --fsdd PATH")

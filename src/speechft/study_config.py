@@ -20,7 +20,7 @@ BASELINES = ("l2sp", "lora", "dora", "early")
 MULTITASK_METHODS = ("linear", "ties", "dare")
 
 
-KINDS = ("supervised", "unsupervised")
+KINDS = ("supervised", "unsupervised", "continual")
 
 
 def _seeds(value, where: str) -> Optional[int]:
@@ -42,7 +42,12 @@ class Scenario:
     hours: float = 0.5  # unsupervised: hours of that audio
     steps: int = 300  # unsupervised: continued pre-training steps
     lr: float = 2e-4  # unsupervised: peak learning rate of the continued pre-training
-    ft_seeds: Optional[int] = None  # unsupervised: continued pre-training seeds (None: the study's ft_seeds)
+    ft_seeds: Optional[int] = None  # unsupervised/continual: fine-tuning seeds (None: the study's ft_seeds)
+    order: tuple = ()  # continual: the tasks fine-tuned one after another (A -> B -> C)
+
+    def tasks_used(self) -> tuple:
+        """The tasks this scenario fine-tunes on (its task, or its order)."""
+        return tuple(self.order) if self.kind == "continual" else ((self.task,) if self.task else ())
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,17 @@ class StudyConfig:
                 raise ValueError(f"{where}: scenarios[{i}] needs a name and (supervised) a task")
             if kind == "supervised":
                 get_task(s["task"])
+            elif kind == "continual":
+                order = s.get("order") or []
+                if not isinstance(order, list) or len(order) < 2 or len(set(order)) != len(order):
+                    raise ValueError(f"{where}: scenario {s['name']}: order must list at least two different tasks "
+                                     f"(fine-tuned one after another), got {order!r}")
+                for t in order:
+                    get_task(t)
+                extra = [k for k in ("task", "baselines", "languages") if s.get(k)]
+                if extra:
+                    raise ValueError(f"{where}: scenario {s['name']}: {', '.join(extra)} do not apply to a continual "
+                                     f"scenario (its tasks are its order)")
             else:
                 from .corpora import text
 
@@ -123,7 +139,8 @@ class StudyConfig:
                                  description=str(s.get("description", "")), kind=kind,
                                  languages=tuple(s.get("languages") or ()), hours=float(s.get("hours", 0.5)),
                                  steps=int(s.get("steps", 300)), lr=float(s.get("lr", 2e-4)),
-                                 ft_seeds=_seeds(s.get("ft_seeds"), f"{where}: scenario {s['name']}: ft_seeds")))
+                                 ft_seeds=_seeds(s.get("ft_seeds"), f"{where}: scenario {s['name']}: ft_seeds"),
+                                 order=tuple(s.get("order") or ())))
         names = [s.name for s in scen]
         if len(set(names)) != len(names):
             raise ValueError(f"{where}: scenario names must be unique, got {names}")
@@ -156,7 +173,8 @@ class StudyConfig:
         return cfg
 
     def seeds_of(self, block) -> int:
-        """Fine-tuning seeds of an unsupervised scenario or the multitask block (its own, else the study's)."""
+        """Fine-tuning seeds of an unsupervised/continual scenario or the multitask block (its own, else the
+        study's)."""
         return block.ft_seeds or self.ft_seeds
 
     @classmethod
@@ -182,7 +200,7 @@ class StudyConfig:
         scen = tuple(dataclasses.replace(s, baselines=tuple(b for b in s.baselines if b in ("l2sp", "early")),
                                          hours=min(s.hours, 0.02), steps=min(s.steps, 6))
                      for s in base.scenarios)
-        tasks = tuple(dict.fromkeys(s.task for s in scen if s.task))  # the probe suite shrinks to the scenarios' tasks
+        tasks = tuple(dict.fromkeys(t for s in scen for t in s.tasks_used()))  # the probe suite: the scenarios' tasks
         return dataclasses.replace(base, size="quick", ft_steps=min(base.ft_steps, 12), probe_epochs=2,
                                    ft_seeds=min(base.ft_seeds, 2), probe_seeds=min(base.probe_seeds, 2),
                                    baseline_ft_seeds=1, scenarios=scen, tasks=tasks, sweep_tasks=(),

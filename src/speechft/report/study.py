@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from ..probe.score import profile_note
 from ..utils.io import atomic_write_text, read_jsonl
-from .markdown import Results, _pts, _verdict, render_table, summarize, timing_lines
+from .markdown import Results, _pct, _pts, _verdict, render_table, summarize, timing_lines
 
 # The paper's own figures (HuBERT Base, ASR fine-tuning on TED-LIUM), for reference only: another
 # model, other data and SUPERB's own probing recipes.
@@ -46,12 +46,36 @@ def _score_delta(res: Results, a: str, b: str, tasks: Sequence[str]) -> Optional
     return f"{d.mean:+.0f} [{d.lo:+.0f}, {d.hi:+.0f}]{mark}"
 
 
+def _method_of(row) -> str:
+    """A continual row's method without its stage ("sequential Stable-FT after lite-sid" -> "sequential Stable-FT")."""
+    return row.method.rsplit(" after ", 1)[0]
+
+
+def _continual_summary(res: Results, sc, plan, tasks: Sequence[str]) -> list[str]:
+    """Summary-matrix lines of a continual scenario's final models: Δ score over the order's tasks and
+    over the other tasks vs the pre-trained model, and the other tasks vs sequential regular FT."""
+    order = list(sc.order)
+    others = [t for t in tasks if t not in order]
+    finals = [r for r in plan.rows if r.scenario == sc.name and r.in_table]
+    reg = next((r.label for r in finals if _method_of(r) == "sequential regular FT"), None)
+    lines = []
+    for r in finals:
+        ft = (_score_delta(res, r.label, "pre-trained", order) or "–") + " (score over the order's tasks)"
+        ot = _score_delta(res, r.label, "pre-trained", others) or "–"
+        vr = "" if r.label == reg else (_score_delta(res, r.label, reg, others) or "–")
+        lines.append(f"| {sc.name} (continual: {' → '.join(order)}) | {_method_of(r)} | {ft} | {ot} | {vr} |")
+    return lines
+
+
 def summary_matrix(res: Results, cfg, plan, tasks: Sequence[str]) -> list[str]:
     """Scenario × method: change vs the pre-trained model on the fine-tuning task (metric points,
     positive = better) and on the other tasks (score points), and Speech-FT vs regular FT."""
     lines = ["| scenario | method | Δ fine-tuning task vs pre-trained | Δ score on the other tasks vs pre-trained | "
              "Δ other tasks vs regular FT |", "|---|---|---|---|---|"]
     for sc in cfg.scenarios:
+        if sc.kind == "continual":
+            lines += _continual_summary(res, sc, plan, tasks)
+            continue
         unsup = sc.kind == "unsupervised"
         others = [t for t in tasks if t != sc.task]
         base = f"{sc.name} / continued (α=1)" if unsup else f"{sc.name} / regular FT"
@@ -85,10 +109,97 @@ def interval_widths(res: Results, tasks: Sequence[str]) -> list[str]:
 
 def _block_seeds(cfg) -> str:
     """', 1 for multitask, ...': the blocks whose fine-tuning seeds differ from the study's."""
-    blocks = [(s.name, cfg.seeds_of(s)) for s in cfg.scenarios if s.kind == "unsupervised"]
+    blocks = [(s.name, cfg.seeds_of(s)) for s in cfg.scenarios if s.kind in ("unsupervised", "continual")]
     if cfg.multitask and cfg.multitask.scenarios:
         blocks.append(("multitask", cfg.seeds_of(cfg.multitask)))
     return "".join(f", {n} for {name}" for name, n in blocks if n != cfg.ft_seeds)
+
+
+def _signed(res: Results, d, task: str) -> str:
+    """A metric difference in points, positive = better, with its interval and (n.s.)."""
+    if d is None:
+        return "–"
+    v = d.scaled(100.0 if res.meta(task)[1] else -100.0)
+    return f"{v.mean:+.1f} [{v.lo:+.1f}, {v.hi:+.1f}]" + ("" if v.excludes_zero else " (n.s.)")
+
+
+def continual_section(records: Sequence[dict], plan, sc, tasks: Sequence[str], out: Path) -> list[str]:
+    """A continual scenario: its final models on every task, the forgetting matrix (every method after every
+    stage on the order's tasks), forgetting per task with paired intervals, and forgetting.png."""
+    order = list(sc.order)
+    rows = [r for r in plan.rows if r.scenario == sc.name]
+    shared = [r for r in plan.rows if r.scenario == ""]
+    res = Results(records, _rows_dict(shared + rows), tasks)
+    finals = [r for r in rows if r.in_table]
+    lines = [f"## Scenario {sc.name}: continual fine-tuning {' → '.join(order)}", ""]
+    if sc.description:
+        lines += [sc.description, ""]
+    lines += ["Every method after the last stage, on every task (test metrics in %, 95 % intervals; score over all "
+              "tasks):", "", render_table(res, [r.label for r in shared] + [r.label for r in finals], tasks), ""]
+    reg = next((r.label for r in finals if _method_of(r) == "sequential regular FT"), None)
+    for r in finals:
+        for other, what in (("pre-trained", "the pre-trained model"), (reg, "sequential regular FT")):
+            if other is None or other == r.label:
+                continue
+            d = res.score_difference(r.label, other, tasks)
+            if d is not None:
+                lines.append(f"- On all tasks, {_method_of(r)} {_verdict(d, 'is above', 'is below')} {what} ({_pts(d)}).")
+    lines += ["", "### Forgetting matrix", "",
+              "Each method after each stage, on the tasks of the order (test metrics in %, 95 % intervals). Tasks not "
+              "yet fine-tuned show what the earlier stages transfer.", "",
+              "| method | after | " + " | ".join(f"{t} ({res.meta(t)[0]})" for t in order) + " |",
+              "|---|---|" + "---|" * len(order)]
+    methods = list(dict.fromkeys(_method_of(r) for r in rows))
+    by = {(_method_of(r), r.stage): r.label for r in rows}
+    for m in methods:
+        for stage in range(1, len(order) + 1):
+            if (m, stage) in by:
+                cells = [_pct(res.cell(by[(m, stage)], t)) for t in order]
+                lines.append(f"| {m} | {stage}: {order[stage - 1]} | " + " | ".join(cells) + " |")
+    last = len(order)
+    lines += ["", "Forgetting: a task's metric after the last stage minus right after it was fine-tuned (points, "
+              "positive = better; paired bootstrap on the same test utterances):", "",
+              "| method | " + " | ".join(order[:-1]) + " |", "|---|" + "---|" * (len(order) - 1)]
+    for m in methods:
+        if (m, last) not in by:
+            continue
+        cells = [_signed(res, res.difference(by[(m, last)], by[(m, i)], order[i - 1]), order[i - 1])
+                 if (m, i) in by else "–" for i in range(1, last)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    png = plot_forgetting(res, order, methods, by, plan.dirs[sc.name] / "forgetting.png")
+    lines += ["", f"![{sc.name}: forgetting]({png.relative_to(out).as_posix()})", ""]
+    return lines
+
+
+def plot_forgetting(res: Results, order: Sequence[str], methods: Sequence[str], by: dict, path: Path) -> Path:
+    """One panel per task of the order: its test metric (%, 95 % interval) after each stage, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils.plots import integer_xticks, save_figure
+
+    fig, axes = plt.subplots(1, len(order), figsize=(4.2 * len(order), 3.6), squeeze=False)
+    for ax, t in zip(axes[0], order):
+        for m in methods:
+            pts = [(s, res.cell(by[(m, s)], t)) for s in range(1, len(order) + 1) if (m, s) in by]
+            pts = [(s, iv.scaled(100.0)) for s, iv in pts if iv is not None]
+            if not pts:
+                continue
+            xs = [s for s, _ in pts]
+            ax.errorbar(xs, [v.mean for _, v in pts], yerr=[[v.mean - v.lo for _, v in pts], [v.hi - v.mean for _, v in pts]],
+                        marker="o", capsize=3, label=m)
+        ax.set_title(f"{t} ({res.meta(t)[0]}{'↑' if res.meta(t)[1] else '↓'})")
+        ax.set_xlabel("after stage")
+        ax.set_xticks(range(1, len(order) + 1))
+        integer_xticks(ax)
+    axes[0][0].set_ylabel("test metric (%)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
 
 
 def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequence[str], timings: dict,
@@ -122,6 +233,9 @@ def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequ
               "beside the paper's.", "", "| (paper) | HuBERT | Speech-FT |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in PAPER_REFERENCE] + [""]
     for sc in cfg.scenarios:
+        if sc.kind == "continual":
+            lines += continual_section(records, plan, sc, tasks, out)
+            continue
         rows = [r for r in table_rows if r.scenario in ("", sc.name)]
         labels = [r.label for r in rows]
         if sc.kind == "unsupervised":
@@ -154,7 +268,8 @@ def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequ
                 lines += [f"![{sc.name}: {title}]({rel.as_posix()})", ""]
     mt = [r for r in table_rows if r.scenario == "multitask"]
     if mt:
-        stables = [r for r in table_rows if r.role == "stable"]
+        merged = set(cfg.multitask.scenarios)
+        stables = [r for r in table_rows if r.role == "stable" and r.scenario in merged]
         labels = ["FBANK", "pre-trained"] + [r.label for r in stables] + [r.label for r in mt]
         lines += ["## Multitask: merging the Stable-FT models of several scenarios", "",
                   f"θ̂ = θ₀ + α·merge(τᵢ) over {', '.join(cfg.multitask.scenarios)} (same fine-tuning seed), "
