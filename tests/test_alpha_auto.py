@@ -11,8 +11,6 @@ from speechft.merge.auto import GRID, choose_by_gain, choose_by_similarity, pars
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-HEAD = {"hidden": 16, "proj": 16, "layers": 1}
-
 
 # -- the rules (pure) ----------------------------------------------------------------------------------
 def test_gain_rule_picks_the_smallest_alpha_keeping_the_share():
@@ -58,8 +56,7 @@ def ft_run(tiny_model_dir, lite_quick, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("auto") / "stable"
     return finetune(str(tiny_model_dir), "lite-ks", out, recipe="stable", steps=20, size="quick", progress=False,
-                    batch_seconds=4.0, head=HEAD, eval_every=0, checkpoint_every=20, log_every=5,
-                    tensorboard=False, lr=5e-3)
+                    batch_seconds=4.0, eval_every=20, checkpoint_every=20, log_every=5, tensorboard=False, lr=5e-3)
 
 
 def test_cka_curve_is_one_for_theta0_and_falls_for_an_unrelated_model(tiny_model_dir, tmp_path, lite_quick):
