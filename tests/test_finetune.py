@@ -208,6 +208,41 @@ def test_lora_dora_write_plain_hf_dirs(recipe, tiny_model_dir, tmp_path, lite_qu
     assert card["merged"] is True and card["lora_rank"] == 2
 
 
+def _small_wavlm():
+    from transformers import WavLMConfig
+
+    from speechft.models.encoder import HFEncoder
+    from speechft.models.io import build_model_from_config
+
+    cfg = WavLMConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                      conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    return HFEncoder(build_model_from_config(cfg, seed=0), name="wavlm-test")
+
+
+def test_lora_on_wavlm_skips_the_attention_projections_it_never_calls(caplog):
+    """transformers' WavLM attention reads q/k/v/out_proj.weight directly: adapters there never train."""
+    from speechft.finetune.recipes import bypassed_adapters, get_recipe, prepare_encoder
+
+    with caplog.at_level(logging.WARNING):
+        enc = prepare_encoder(_small_wavlm(), get_recipe("lora"), FinetuneConfig(), freeze_cnn=True)
+    assert "never calls its k_proj, out_proj, q_proj, v_proj" in caplog.text
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in enc.model.named_parameters() if ".lora_A." in n}
+    assert adapted == {"intermediate_dense", "output_dense"} and bypassed_adapters(enc.model) == []
+    with pytest.raises(ValueError, match=r"never calls its q_proj.*lora_targets without them \(e.g. \['output_dense'\]\)"):
+        prepare_encoder(_small_wavlm(), get_recipe("dora"), FinetuneConfig(lora_targets=("q_proj", "output_dense")),
+                        freeze_cnn=True)
+
+
+def test_lora_on_hubert_adapts_every_default_target(tiny_model_dir):
+    from speechft.finetune.recipes import bypassed_adapters, get_recipe, prepare_encoder
+    from speechft.models.io import load_encoder
+
+    enc = prepare_encoder(load_encoder(str(tiny_model_dir)), get_recipe("lora"), FinetuneConfig(), freeze_cnn=True)
+    assert bypassed_adapters(enc.model) == []
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in enc.model.named_parameters() if ".lora_A." in n}
+    assert {"q_proj", "k_proj", "v_proj", "out_proj"} <= adapted
+
+
 # -- failures -------------------------------------------------------------------------------------
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, tmp_path, lite_quick, monkeypatch):
     from speechft.models.heads import CTCHead

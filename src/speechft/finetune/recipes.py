@@ -20,6 +20,7 @@ encoder every K steps of any recipe.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -94,12 +95,52 @@ def prepare_encoder(encoder, recipe: Recipe, cfg, freeze_cnn: bool):
     lcfg = peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
                            lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_targets),
                            use_dora=recipe.adapter == "dora", bias="none")
+    arch = type(encoder.model).__name__
     try:
         encoder.model = peft.get_peft_model(encoder.model, lcfg)
     except ValueError as e:  # peft names the missing modules
         raise ValueError(f"recipe {recipe.name}: cannot place adapters on {list(cfg.lora_targets)} "
-                         f"of {type(encoder.model).__name__} ({e})") from None
+                         f"of {arch} ({e})") from None
+    idle = bypassed_adapters(encoder.model)
+    if idle:
+        from .config import DEFAULT_LORA_TARGETS
+
+        why = (f"{arch} never calls its {', '.join(idle)} modules (its attention reads their weights directly), "
+               f"so adapters there would never train")
+        kept = [t for t in cfg.lora_targets if t not in idle]
+        if tuple(cfg.lora_targets) != DEFAULT_LORA_TARGETS or not kept:
+            raise ValueError(f"recipe {recipe.name}: {why}; set lora_targets without them"
+                             + (f" (e.g. {kept})" if kept else ""))
+        log.warning("recipe %s: %s: adapting %s only", recipe.name, why, ", ".join(kept))
+        encoder.model = peft.get_peft_model(encoder.model.unload(), dataclasses.replace(lcfg, target_modules=kept))
     return encoder
+
+
+def bypassed_adapters(model) -> list[str]:
+    """Target names (last path component) of adapter-wrapped modules that one forward pass never calls.
+
+    transformers' WavLM attention passes ``q_proj/k_proj/v_proj/out_proj.weight`` straight to
+    ``F.multi_head_attention_forward``: a LoRA/DoRA wrapper around those modules is never run, its
+    update stays zero and the merged weights equal θ₀'s, silently. Measured here, not assumed from the
+    architecture's name: 0.1 s of silence through the model, with a hook on every adapted module."""
+    from peft.tuners.lora import LoraLayer
+
+    called, hooks, names = set(), [], {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, LoraLayer):
+            names[name] = name.rsplit(".", 1)[-1]
+            hooks.append(mod.register_forward_hook(lambda m, i, o, n=name: called.add(n)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            param = next(model.parameters())
+            model(torch.zeros(1, 1600, dtype=param.dtype, device=param.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return sorted({t for n, t in names.items() if n not in called})
 
 
 def is_adapted(encoder) -> bool:
