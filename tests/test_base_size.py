@@ -45,28 +45,41 @@ def base_dir(request, tmp_path_factory, lite_quick):
     return request.param, out
 
 
-def run_ft(model_dir, out, recipe, steps):
+@pytest.fixture(scope="module")
+def small_asr(tmp_path_factory, lite_quick):
+    """lite-asr quick cut to 8 train / 2 dev / 2 test utterances as a user task: at base size on a CPU the
+    end-of-run dev evaluation of the full quick dev split (15 utterances) was most of each run's time."""
+    from speechft.data.manifest import read_manifest, write_manifest
+    from speechft.tasks import get_task, user_task
+
+    src = get_task("lite-asr").resolve_manifests(size="quick")
+    d = tmp_path_factory.mktemp("small-asr")
+    paths = [write_manifest(d / f"{split}.jsonl", read_manifest(src[split])[:n])
+             for split, n in (("train", 8), ("dev", 2), ("test", 2))]
+    return user_task("asr-small", tuple(str(p) for p in paths), "ctc", "text", metric="cer")
+
+
+def run_ft(model_dir, out, recipe, steps, task):
     from speechft.finetune import finetune
 
     extra = {"beta": 0.5} if recipe == "stable" else {}  # stable: 1 head-only step, then 1 full step
-    return finetune(str(model_dir), "lite-asr", out, recipe=recipe, steps=steps, size="quick", progress=False, **extra,
+    return finetune(str(model_dir), task, out, recipe=recipe, steps=steps, progress=False, **extra,
                     batch_seconds=2.0, head=HEAD, eval_every=0, checkpoint_every=steps, keep_checkpoints=1,
                     log_every=1, tensorboard=False, lr=1e-4, lora_rank=4)
 
 
-def test_base_size_loop(base_dir, tmp_path):
+def test_base_size_loop(base_dir, small_asr, tmp_path):
     from speechft.analysis.run import analyze
     from speechft.merge import merge_models
     from speechft.probe import run_probe
-    from speechft.tasks import get_task
-
     family, theta0_dir = base_dir
     theta0 = weights(theta0_dir)
     model_type = json.loads((theta0_dir / "config.json").read_text())["model_type"]
 
     # finetune: stable keeps the CNN and moves the transformer; regular trains the CNN too;
     # LoRA writes a plain directory of the same architecture whose projections moved
-    runs = {r: run_ft(theta0_dir, tmp_path / r, r, steps) for r, steps in (("stable", 2), ("regular", 1), ("lora", 1))}
+    runs = {r: run_ft(theta0_dir, tmp_path / r, r, steps, small_asr)
+            for r, steps in (("stable", 2), ("regular", 1), ("lora", 1))}
     tuned = {r: weights(out / "encoder") for r, out in runs.items()}
     for r, w in tuned.items():
         assert set(w) == set(theta0), f"{family} {r}: the encoder's keys changed"
@@ -98,7 +111,7 @@ def test_base_size_loop(base_dir, tmp_path):
     assert 0.0 <= recs[0]["value"] <= 1.0
 
     # analyze: similarity per layer (13 hidden states at base size) and LLFC against θ₀
-    manifest = get_task("lite-asr").resolve_manifests(size="quick")["test"]
+    manifest = small_asr.manifests[2]
     out = analyze([str(theta0_dir), str(runs["regular"] / "encoder"), str(merged_dir)], manifest,
                   tmp_path / "analysis", alphas=(0.5,), limit=2, names=["θ0", "regular", "speech-ft"])
     assert (tmp_path / "analysis" / "analysis.jsonl").exists()
