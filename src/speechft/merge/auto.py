@@ -9,7 +9,8 @@ trained) and picks α from it; the rules form an explicit registry (``auto:RULE[
     cka[:C]      the mean over hidden states of the linear CKA between θ̂(α) and θ₀ on the task's dev
                  audio; the largest α whose similarity is at least C (default 0.9). Uses no labels.
 
-Both evaluate the same grid (default 0, 0.1, …, 1) on at most ``limit`` dev utterances (evenly spaced).
+Both evaluate the same grid (default 0, 0.1, …, 1) on at most ``limit`` dev utterances (evenly spread,
+:func:`speechft.probe.runner.subsample`).
 The selection functions are pure (a curve in, an α out) and tested on curves whose answer is known;
 the curve functions run the models. Which rule ``auto`` means is set by :data:`DEFAULT_RULE`.
 """
@@ -103,13 +104,6 @@ def choose_by_similarity(curve: dict, threshold: float) -> float:
 
 
 # -- signals (run the models) --------------------------------------------------------------------------
-def _evenly(rows: list, limit: Optional[int]) -> list:
-    if not limit or len(rows) <= limit:
-        return list(rows)
-    step = len(rows) / limit
-    return [rows[int(i * step)] for i in range(limit)]
-
-
 def _interpolated(base_enc, sd0: dict, sd1: dict, alpha: float):
     from ..analysis.run import interpolate
 
@@ -124,6 +118,7 @@ def ft_dev_curve(pretrained: str, run_dir: str | Path, grid: Sequence[float] = G
 
     from ..finetune.data import evaluate, load_task_data
     from ..finetune.model import SpeechFTModel, load_head
+    from ..probe.runner import subsample
     from ..finetune.run import load_run
     from ..models.io import load_encoder
 
@@ -134,7 +129,7 @@ def ft_dev_curve(pretrained: str, run_dir: str | Path, grid: Sequence[float] = G
     if list(data.vocab.symbols) != list(vocab.symbols):
         raise ValueError(f"{run_dir}: the task's training data no longer gives the vocabulary the head was trained "
                          f"with (the data changed since fine-tuning)")
-    data.dev.rows = _evenly(data.dev.rows, limit)
+    data.dev.rows = subsample(data.dev.rows, limit)
     enc = load_encoder(pretrained)
     sd0 = {k: v.clone() for k, v in enc.model.state_dict().items()}
     sd1 = load_encoder(str(run_dir / "encoder")).model.state_dict()
@@ -159,13 +154,14 @@ def cka_curve(pretrained: str, finetuned: str | Path, manifest: str | Path, grid
     from ..data.validate import load_checked_rows
     from ..models.encoder import forward_many
     from ..models.io import load_encoder
+    from ..probe.runner import subsample
 
     ref = load_encoder(pretrained).eval().to(device)
     sd0 = ref.model.state_dict()
     sd1 = load_encoder(str(finetuned)).model.state_dict()
     grid = [float(a) for a in grid]
     models = [_interpolated(copy.deepcopy(ref), sd0, sd1, a).eval() for a in grid]
-    ds = AudioDataset(_evenly(load_checked_rows(manifest), limit), max_seconds=20.0)
+    ds = AudioDataset(subsample(load_checked_rows(manifest), limit), max_seconds=20.0)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=LengthBucketSampler(ds.durations(), batch_seconds,
                                                                                shuffle=False), collate_fn=collate)
     L = ref.num_layers + 1
