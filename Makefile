@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test test-fast demo demo-quick study study-quick continual bench clean espeak
+.PHONY: install test test-fast demo demo-quick study study-quick continual alpha bench clean espeak
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ CONTINUAL_OUT ?= runs/continual
 
 continual: install
 	$(VENV)/bin/speechft study --config configs/continual.yaml --out $(CONTINUAL_OUT)
+
+ALPHA_OUT ?= runs/alpha
+
+alpha: install
+	$(VENV)/bin/speechft study --config configs/alpha.yaml --out $(ALPHA_OUT)
 
 bench: install
 	$(PY) benchmarks/run_all.py

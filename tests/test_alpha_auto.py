@@ -131,3 +131,30 @@ def test_merge_alpha_auto_errors_are_one_line_exit_2(ft_run, tiny_model_dir, tmp
     res = run("--finetuned", ft_run, "--alpha", "auto:ckaa", "--out", tmp_path / "c")
     assert res.exit_code == 2 and "did you mean cka" in res.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_sweep_alphas_auto_entry_adds_the_chosen_alpha_and_records_its_choice(ft_run, tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    import speechft.merge.auto as auto
+    from speechft.cli import app
+
+    known = {a: min(1.0, 0.3 + a) for a in GRID}  # 90 % of the gain (0.63 of 0.7) first at α = 0.7
+    monkeypatch.setattr(auto, "ft_dev_curve", lambda *a, **k: (dict(known), "accuracy", True))
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["sweep", "--pretrained", str(tiny_model_dir), "--finetuned", str(ft_run),
+                                   "--alphas", "0,auto,1", "--tasks", "lite-ks", "--quick", "--epochs", "1",
+                                   "--limit", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in (out / "sweep.jsonl").read_text().splitlines()]
+    assert sorted(r["alpha"] for r in recs) == [0.0, 0.7, 1.0]
+    choice = json.loads((out / "alpha_auto.jsonl").read_text().splitlines()[0])
+    assert choice["spec"] == "auto" and choice["alpha"] == 0.7 and choice["rule"] == "ft-dev"
+
+
+def test_choice_on_a_coarser_grid_applies_the_same_rule_to_the_restricted_curve():
+    from speechft.merge.auto import AutoChoice
+
+    gain = AutoChoice(0.6, "ft-dev", 0.9, {a: min(1.0, 0.3 + a) for a in GRID} | {0.25: 0.55, 0.75: 1.0})
+    assert gain.on((0.0, 0.25, 0.5, 0.75, 1.0)) == 0.75  # 0.5 keeps only 71 % of the gain
+    cka = AutoChoice(0.3, "cka", 0.9, {a: 1.0 - a / 3 for a in GRID})
+    assert cka.on((0.0, 0.2, 0.5, 1.0)) == 0.2

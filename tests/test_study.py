@@ -203,3 +203,74 @@ def test_tiny_continual_study_end_to_end(tmp_path, lite_quick):
     assert {r["task"] for r in first} == {"lite-ks", "lite-style"}  # intermediate: the order's tasks only
     last = [r for r in recs if r["model"] == "c / sequential regular FT stage 2 / ft0"]
     assert {r["task"] for r in last} == {"lite-ks", "lite-style", "lite-ic"}
+
+
+# -- choosing α automatically (alpha_choice) -----------------------------------------------------------------
+def test_alpha_choice_plan_probes_the_grid_on_every_task_and_runs_each_rule_on_stable_ft0(tmp_path):
+    from speechft.study_config import AlphaChoice
+
+    cfg = StudyConfig(scenarios=(Scenario("a", "lite-ks"), Scenario("b", "lite-style")), tasks=("lite-ks", "lite-style"),
+                      alpha_choice=AlphaChoice(rules=("ft-dev", "cka:0.8"), grid=(0.0, 0.1, 0.25, 0.5, 1.0),
+                                               scenarios=("a",)), sweep_alphas=(0.0, 0.25, 0.5, 1.0))
+    plan = plan_study(cfg, tmp_path, ["lite-ks", "lite-style"])
+    by = {j.name: j for j in plan.jobs}
+    assert plan.alpha_grid["a"] == {0.0: "pre-trained", 0.1: "a / sweep α=0.1 / ft0", 0.25: "a / Speech-FT (α=0.25) / ft0",
+                                    0.5: "a / sweep α=0.5 / ft0", 1.0: "a / Stable-FT / ft0"}
+    assert "b" not in plan.alpha_grid and set(plan.alpha_rules["a"]) == {"ft-dev", "cka:0.8"}
+    # the grid's new α are sweep models probed on every task; b's sweep stays on its own task
+    assert "probe a / sweep α=0.1 / ft0 / lite-style" in by and "probe a / sweep α=0.5 / ft0 / lite-style" in by
+    assert "probe b / sweep α=0.5 / ft0 / lite-ks" not in by and "probe b / sweep α=0.5 / ft0 / lite-style" in by
+    job = by[plan.alpha_rules["a"]["cka:0.8"]]
+    assert job.kwargs["spec"] == "auto:cka:0.8" and job.kwargs["run_dir"].endswith("finetune/stable-ft0")
+    assert "a: finetune-stable ft0" in job.deps and job.kwargs["grid"] == [0.0, 0.1, 0.25, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("block, message", [
+    ("{rules: [ft-dv]}", "did you mean ft-dev"),
+    ("{grid: [0.0, 0.5]}", "including 0 and 1"),
+    ("{scenarios: [zz]}", "known supervised ones: a"),
+    ("{limit: 0}", "limit"),
+    ("{rulez: [cka]}", "did you mean 'rules'"),
+])
+def test_alpha_choice_config_errors(tmp_path, block, message):
+    p = tmp_path / "s.yaml"
+    p.write_text(f"scenarios: [{{name: a, task: lite-ks}}]\nalpha_choice: {block}\n")
+    with pytest.raises(ValueError, match=message):
+        StudyConfig.load(p)
+
+
+def test_shipped_alpha_config_evaluates_every_supervised_scenario_of_the_study():
+    cfg, study_cfg = StudyConfig.load("configs/alpha.yaml"), StudyConfig.default()
+    supervised = [s for s in study_cfg.scenarios if s.kind == "supervised"]
+    assert [s.name for s in cfg.scenarios] == [s.name for s in supervised]
+    assert [s.task for s in cfg.scenarios] == [s.task for s in supervised]
+    assert cfg.alpha_scenarios() == tuple(s.name for s in supervised) and len(cfg.alpha_choice.grid) == 6
+    # the same θ₀, data and fine-tuning as the study, so its Stable-FT seed-0 models are the study's
+    for key in ("model", "tasks", "size", "ft_steps", "ft_lr", "ft_head_lr", "ft_batch_seconds", "beta", "alpha",
+                "probe_seeds", "freeze_cnn"):
+        assert getattr(cfg, key) == getattr(study_cfg, key), key
+
+
+@pytest.mark.slow
+def test_tiny_alpha_choice_study_end_to_end(tmp_path, lite_quick):
+    from conftest import make_tiny_encoder
+    from speechft.models.io import save_encoder
+    from speechft.study import study
+    from speechft.study_config import AlphaChoice
+
+    theta0 = tmp_path / "theta0"
+    save_encoder(make_tiny_encoder(), theta0)
+    cfg = StudyConfig(model=str(theta0), tasks=("lite-ks", "lite-style"), scenarios=(Scenario("a", "lite-ks"),),
+                      alpha_choice=AlphaChoice(grid=(0.0, 0.5, 1.0), limit=6), ft_seeds=1, probe_seeds=2, ft_steps=4,
+                      ft_batch_seconds=6.0, size="quick", probe_epochs=1, sweep_alphas=(0.0, 1.0))
+    out = tmp_path / "study"
+    text = study(cfg, out, workers=1).read_text()
+    for section in ("## Choosing α automatically", "| a (lite-ks) | fixed α=0.25 | – |", "| a (lite-ks) | auto:ft-dev |",
+                    "| a (lite-ks) | auto:cka |", "| a (lite-ks) | oracle (best on test) |", "### Cost",
+                    "| a | auto:ft-dev |"):
+        assert section in text, section
+    done = {r["stage"]: r for r in read_jsonl(out / "stages.jsonl") if r["status"] == "done"}
+    choice = done["a: alpha auto:cka ft0"]["result"]
+    assert choice["alpha_on_grid"] in (0.0, 0.5, 1.0) and set(choice["curve"]) >= {"0", "0.1", "0.5", "1"}
+    recs = read_jsonl(out / "probe" / "results.jsonl")
+    assert {r["task"] for r in recs if r["model"] == "a / sweep α=0.5 / ft0"} == {"lite-ks", "lite-style"}

@@ -56,6 +56,8 @@ class StudyPlan:
     rows: list = field(default_factory=list)  # StudyRow
     sweeps: dict = field(default_factory=dict)  # scenario -> {α: record name}
     dirs: dict = field(default_factory=dict)  # scenario -> its folder (fine-tunings, models, sweep, analysis)
+    alpha_grid: dict = field(default_factory=dict)  # scenario -> {α: record name} probed on every task (alpha_choice)
+    alpha_rules: dict = field(default_factory=dict)  # scenario -> {rule: name of the job that chose α by it}
 
 
 def _name(scenario: str, method: str, seed: int) -> str:
@@ -95,6 +97,15 @@ def _continue_pretraining(model: str, audio: str, steps: int, lr: float, seed: i
     pretrain(str(audio_dir / "train.jsonl"), out, dev=str(audio_dir / "dev.jsonl"), config=cfg, init=model,
              resume=(Path(out) / "checkpoint.pt").exists())
     return dir_digest(Path(out) / "encoder")
+
+
+def _choose_alpha(model: str, run_dir: str, spec: str, grid: list, limit: int) -> dict:
+    """``--alpha <spec>`` for the Stable-FT run ``run_dir``: its signal on the shipped grid and on ``grid``
+    (the α probed on every task), the choice on each (``alpha``, ``alpha_on_grid``) and the seconds it took."""
+    from .merge.auto import GRID, choose_alpha
+
+    choice = choose_alpha(model, run_dir, spec, grid=sorted({*GRID, *grid}), limit=limit, device=P._device())
+    return {**choice.to_json(), "alpha_shipped_grid": choice.on(GRID), "alpha_on_grid": choice.on(grid)}
 
 
 def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: dict, made_by: dict) -> None:
@@ -310,7 +321,10 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
         rows["speech-ft"] = StudyRow(sc.name, sft, P.ROLE_SPEECHFT, tuple(models), alpha=float(cfg.alpha))
         # α sweep on fine-tuning seed 0: α = 0, α and 1 are θ₀, Speech-FT and Stable-FT bit for bit
         sweep = {0.0: P.PRETRAINED, 1.0: _name(sc.name, P.STABLE, 0), float(cfg.alpha): _name(sc.name, sft, 0)}
-        extra = [float(a) for a in dict.fromkeys(cfg.sweep_alphas) if float(a) not in sweep]
+        # the α-choice grid joins the sweep, its models probed on every task
+        grid = [float(a) for a in cfg.alpha_choice.grid] if sc.name in cfg.alpha_scenarios() else []
+        sweep_alphas = sorted({float(a) for a in (*cfg.sweep_alphas, *grid)})
+        extra = [a for a in sweep_alphas if a not in sweep]
         if extra:
             dirs = [str(root / "models" / "sweep" / f"alpha-{a:g}") for a in extra]
             job = f"{sc.name}: merge sweep"
@@ -322,11 +336,20 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
             for a, d in zip(extra, dirs):
                 name = _name(sc.name, f"sweep α={a:g}", 0)
                 rows[f"sweep {a:g}"] = StudyRow(sc.name, f"sweep α={a:g}", P.ROLE_SWEEP, ((name, d),), alpha=a,
-                                                in_table=False)
+                                                in_table=False, probe_tasks=tuple(tasks) if a in grid else ())
                 made_by[name] = job
                 shared_cnn.add(name)
                 sweep[a] = name
-        plan.sweeps[sc.name] = {a: sweep[a] for a in sorted(float(x) for x in cfg.sweep_alphas)}
+        plan.sweeps[sc.name] = {a: sweep[a] for a in sweep_alphas}
+        if grid:
+            plan.alpha_grid[sc.name] = {a: sweep[a] for a in grid}
+            plan.alpha_rules[sc.name] = {}
+            for rule in cfg.alpha_choice.rules:
+                job = f"{sc.name}: alpha auto:{rule} ft0"
+                plan.jobs.append(Job(job, _choose_alpha, dict(model=cfg.model, run_dir=str(root / "finetune" / "stable-ft0"),
+                                                              spec=f"auto:{rule}", grid=grid, limit=cfg.alpha_choice.limit),
+                                     deps=("prepare", f"{sc.name}: finetune-stable ft0"), inputs=theta0, cost=40))
+                plan.alpha_rules[sc.name][rule] = job
         plan.rows += list(rows.values())
         analyzed = [(P.PRETRAINED, cfg.model), rows["regular"].models[0], rows["stable"].models[0],
                     rows["speech-ft"].models[0]]

@@ -23,6 +23,35 @@ MULTITASK_METHODS = ("linear", "ties", "dare")
 KINDS = ("supervised", "unsupervised", "continual")
 
 
+def _alpha_choice(block, supervised: list, where: str) -> "AlphaChoice":
+    """The validated ``alpha_choice`` block (rules known, grid in [0, 1] with 0 and 1, scenarios supervised)."""
+    from .merge.auto import parse_rule
+
+    if not isinstance(block, dict):
+        raise ValueError(f"{where} must be a mapping (rules, grid, scenarios, limit)")
+    check_known_keys(block, [f.name for f in fields(AlphaChoice)], where, "alpha_choice key")
+    rules = block.get("rules", list(AlphaChoice.rules))
+    if not isinstance(rules, list) or not rules:
+        raise ValueError(f"{where}: rules must list at least one rule (e.g. [ft-dev, cka])")
+    for r in rules:
+        try:
+            parse_rule(f"auto:{r}")
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{where}: rules: {e.args[0] if e.args else e}") from None
+    grid = block.get("grid", list(ALPHA_GRID))
+    if (not isinstance(grid, list) or any(isinstance(a, bool) or not isinstance(a, (int, float)) for a in grid)
+            or any(not 0.0 <= float(a) <= 1.0 for a in grid) or not {0.0, 1.0} <= {float(a) for a in grid}):
+        raise ValueError(f"{where}: grid must list numbers in [0, 1] including 0 and 1, got {grid!r}")
+    unknown = [s for s in block.get("scenarios") or [] if s not in supervised]
+    if unknown:
+        raise ValueError(f"{where}: unknown scenario(s) {unknown}; known supervised ones: {', '.join(supervised)}")
+    limit = block.get("limit", AlphaChoice.limit)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"{where}: limit must be a whole number of at least 1, not {limit!r}")
+    return AlphaChoice(rules=tuple(str(r) for r in rules), grid=tuple(sorted({float(a) for a in grid})),
+                       scenarios=tuple(block.get("scenarios") or ()), limit=limit)
+
+
 def _seeds(value, where: str) -> Optional[int]:
     if value is None:
         return None
@@ -59,12 +88,27 @@ class Multitask:
     ft_seeds: Optional[int] = None  # merges of Stable-FT seeds 0..N-1 (None: the study's ft_seeds)
 
 
+ALPHA_GRID = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class AlphaChoice:
+    """Choosing α automatically, evaluated: per scenario (Stable-FT of fine-tuning seed 0) every ``auto``
+    rule's curve, and the merged models at every α of ``grid`` probed on every task, so each rule's choice
+    on the grid, the fixed α and the oracle (the grid's best on test) are compared on the same models."""
+    rules: tuple = ("ft-dev", "cka")  # RULE[:VALUE] as in --alpha auto:RULE[:VALUE]
+    grid: tuple = ALPHA_GRID  # the α probed on every task (it holds 0 and 1)
+    scenarios: tuple = ()  # supervised scenario names; () = every supervised scenario
+    limit: int = 200  # dev utterances the rules' signals use
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     model: str = "speechft-tiny"
     tasks: tuple = ("lite-pr", "lite-asr", "lite-ks", "lite-sid", "lite-lid", "lite-ic", "lite-style", "fsdd-ks", "fsdd-sid")
     scenarios: tuple = ()  # Scenario, ...
     multitask: Optional[Multitask] = None
+    alpha_choice: Optional[AlphaChoice] = None
     size: str = "default"
     ft_seeds: int = 2
     probe_seeds: int = 3
@@ -160,6 +204,9 @@ class StudyConfig:
                                           methods=tuple(mt.get("methods", MULTITASK_METHODS)),
                                           alpha=float(mt.get("alpha", 1.0)), density=float(mt.get("density", 0.5)),
                                           ft_seeds=_seeds(mt.get("ft_seeds"), f"{where}: multitask: ft_seeds"))
+        if data.get("alpha_choice"):
+            data["alpha_choice"] = _alpha_choice(data["alpha_choice"], [x.name for x in scen if x.kind == "supervised"],
+                                                 f"{where}: alpha_choice")
         cfg = cls(**data)
         for t in cfg.tasks:
             get_task(t)
@@ -171,6 +218,12 @@ class StudyConfig:
             raise ValueError(f"{where}: multitask: ft_seeds ({cfg.multitask.ft_seeds}) cannot exceed the study's "
                              f"ft_seeds ({cfg.ft_seeds}): it merges those Stable-FT models")
         return cfg
+
+    def alpha_scenarios(self) -> tuple:
+        """The scenarios the α-choice block evaluates (its list, else every supervised scenario)."""
+        if self.alpha_choice is None:
+            return ()
+        return self.alpha_choice.scenarios or tuple(s.name for s in self.scenarios if s.kind == "supervised")
 
     def seeds_of(self, block) -> int:
         """Fine-tuning seeds of an unsupervised/continual scenario or the multitask block (its own, else the
@@ -204,7 +257,9 @@ class StudyConfig:
         return dataclasses.replace(base, size="quick", ft_steps=min(base.ft_steps, 12), probe_epochs=2,
                                    ft_seeds=min(base.ft_seeds, 2), probe_seeds=min(base.probe_seeds, 2),
                                    baseline_ft_seeds=1, scenarios=scen, tasks=tasks, sweep_tasks=(),
-                                   early_step=min(base.early_step, 6), sweep_alphas=(0.0, 0.5, 1.0), analysis_limit=8)
+                                   early_step=min(base.early_step, 6), sweep_alphas=(0.0, 0.5, 1.0), analysis_limit=8,
+                                   alpha_choice=base.alpha_choice and dataclasses.replace(
+                                       base.alpha_choice, limit=min(base.alpha_choice.limit, 8)))
 
     def to_yaml(self) -> str:
         def plain(v):

@@ -8,7 +8,7 @@ import typer
 
 from ._common import (DEFAULT_MODEL, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_COLUMNS_HELP, TASK_METRIC_HELP, TASK_NAME_HELP,
                       TASK_TYPE_HELP, check_models, device_option, get_task, split_csv, user_errors, user_task_from_options)
-from .merge import parse_floats
+from .merge import parse_floats, resolve_alpha
 
 
 def command(
@@ -20,7 +20,10 @@ def command(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated probe tasks (see 'speechft probe "
                                         "--list'); required unless --task-manifests gives your own task."),
     out: Path = typer.Option(..., "--out", help="Folder: sweep.jsonl (resumable), sweep.png, selected/."),
-    alphas: str = typer.Option("0,0.1,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α values."),
+    alphas: str = typer.Option("0,0.1,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α values; an entry "
+                               "auto[:RULE[:VALUE]] adds the α that rule picks (as merge --alpha auto)."),
+    auto_limit: int = typer.Option(200, "--auto-limit", help="auto entries: at most N dev utterances for the "
+                                   "rule's signal (0 = all)."),
     method: str = typer.Option("linear", "--method", help="linear | task_arithmetic | ties | dare | dare_ties."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Per-model weights, comma-separated."),
     density: float = typer.Option(0.5, "--density", help="ties/dare: fraction of task-vector entries kept."),
@@ -63,8 +66,10 @@ def command(
         for t in task_list:
             if isinstance(t, str):
                 get_task(t)
+        sources = [*finetuned, *(more or [])]
+        values = sweep_alphas(alphas, pretrained, sources, method, auto_limit, out)
         res = run_sweep(
-            pretrained, [*finetuned, *(more or [])], parse_floats(alphas, "--alphas") or [], task_list, out,
+            pretrained, sources, values, task_list, out,
             method=method, weights=parse_floats(weights, "--weights"), density=density, seed=seed,
             majority_sign=majority_sign, excluded=excluded, models=models, select=select,
             size="quick" if quick else "default", seeds=tuple(range(seeds)), limit=limit or None,
@@ -76,3 +81,20 @@ def command(
             typer.echo(f"plot: {res.plot}")
         if res.selection:
             typer.echo(f"selected α={res.selection['alpha']:g} ({res.selection['rule']}): {res.selected_dir}")
+
+
+def sweep_alphas(alphas: str, pretrained: str, sources: list, method: str, limit: int, out: Path) -> list:
+    """The α of ``--alphas``: numbers as given, each ``auto…`` entry replaced by the α its rule picks (its
+    choice, curve and cost appended to OUT/alpha_auto.jsonl)."""
+    from ..utils.io import append_jsonl
+
+    values = []
+    for entry in split_csv(alphas):
+        if not entry.startswith("auto"):
+            values += parse_floats(entry, "--alphas")
+            continue
+        value, card = resolve_alpha(entry, pretrained, sources, method, limit)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        append_jsonl(Path(out) / "alpha_auto.jsonl", {"spec": entry, **card["alpha_auto"]})
+        values.append(value)
+    return list(dict.fromkeys(values))

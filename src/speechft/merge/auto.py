@@ -57,6 +57,10 @@ class AutoChoice:
     metric: str = ""
     seconds: float = 0.0
 
+    def on(self, grid: Sequence[float]) -> float:
+        """The rule's choice among the α of ``grid`` only (the curve restricted to them; it must hold them)."""
+        return select(self.rule, {a: self.curve[float(a)] for a in grid}, self.higher_is_better, self.value)
+
     def to_json(self) -> dict:
         return {"alpha": self.alpha, "rule": self.rule, "value": self.value, "metric": self.metric,
                 "higher_is_better": self.higher_is_better, "seconds": round(self.seconds, 2),
@@ -199,13 +203,19 @@ def choose_alpha(pretrained: str, run_dir: str | Path, spec: str = "auto", grid:
     t0 = time.perf_counter()
     if rule.name == "ft-dev":
         curve, metric, hib = ft_dev_curve(pretrained, run_dir, grid, limit, device)
-        alpha = choose_by_gain(curve, hib, value)
     else:
         from ..finetune.run import load_run
 
         run, _, task = load_run(run_dir)
         manifest = task.resolve_manifests(size=run.get("size", "default"), fsdd_root=run.get("fsdd_root"))["dev"]
         curve, metric, hib = cka_curve(pretrained, run_dir / "encoder", manifest, grid, limit, device=device), "cka", True
-        alpha = choose_by_similarity(curve, value)
+    alpha = select(rule.name, curve, hib, value)
     return AutoChoice(alpha, rule.name, value, curve, hib, metric, time.perf_counter() - t0)
+
+
+def select(rule: str, curve: dict, higher_is_better: bool, value: float) -> float:
+    """Rule ``rule``'s α from its signal ``curve`` (α -> signal) with parameter ``value`` (pure)."""
+    if rule == "ft-dev":
+        return choose_by_gain(curve, higher_is_better, value)
+    return choose_by_similarity(curve, value)
 

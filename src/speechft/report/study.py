@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from ..probe.score import profile_note
 from ..utils.io import atomic_write_text, read_jsonl
+from .alpha_choice import alpha_section
 from .markdown import Results, _pct, _pts, _verdict, render_table, summarize, timing_lines
 
 # The paper's own figures (HuBERT Base, ASR fine-tuning on TED-LIUM), for reference only: another
@@ -281,6 +282,7 @@ def write_study_report(out: Path, cfg, plan, tasks: Sequence[str], dropped: Sequ
                 lines.append(f"- {r.method} {_verdict(d, 'is above', 'is below')} the pre-trained model on the score "
                              f"over all tasks ({_pts(d)}).")
         lines.append("")
+    lines += alpha_section(records, cfg, plan, tasks, timings)
     lines += ["## Interval widths", "", "How precisely the test sets resolve differences at this size:", ""]
     lines += interval_widths(res, tasks) + [""]
     if dropped:
