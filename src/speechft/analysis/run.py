@@ -74,6 +74,25 @@ def _frames(states, frame_lens):
     return [s[mask] for s in states]
 
 
+def layer_frames(encoders: Sequence, rows: Sequence[dict], batch_seconds: float = 40.0, device: str = "cpu",
+                 desc: Optional[str] = None):
+    """Per length-bucketed batch of ``rows`` (manifest rows, in order): for every encoder, its hidden
+    states' real frames, a list over layers of [N, F] float CPU tensors. All encoders run in one pass per
+    batch; those sharing a CNN (``cnn_key``) run it once. ``desc``: a progress bar with that label."""
+    from ..data.dataset import AudioDataset, collate
+    from ..data.sampler import LengthBucketSampler
+    from ..models.encoder import forward_many
+
+    ds = AudioDataset(list(rows), max_seconds=20.0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=LengthBucketSampler(ds.durations(), batch_seconds,
+                                                                               shuffle=False), collate_fn=collate)
+    keys = [e.cnn_key() for e in encoders]
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None):
+            outs = forward_many(encoders, batch["wav"].to(device), batch["wav_lens"].to(device), keys=keys)
+            yield [_frames([s.float().cpu() for s in st], fl.cpu()) for st, fl in outs]
+
+
 def analyze(
     models: Sequence[str],
     manifest: str | Path,
@@ -89,10 +108,8 @@ def analyze(
 
     Models of another architecture than θ₀ (e.g. another hidden size) get the similarity records only:
     LLFC and weight distances need θ₀'s tensors, and one log line says why they are skipped."""
-    from ..data.dataset import AudioDataset, collate
-    from ..data.sampler import LengthBucketSampler
     from ..data.validate import load_checked_rows
-    from ..models.encoder import HFEncoder, forward_many
+    from ..models.encoder import HFEncoder
     from ..models.io import load_encoder
 
     if len(models) < 2:
@@ -107,9 +124,6 @@ def analyze(
         if device != "cpu":
             e.to(device)
     rows = load_checked_rows(manifest)[: limit or None]
-    ds = AudioDataset(rows, max_seconds=20.0)
-    sampler = LengthBucketSampler(ds.durations(), batch_seconds, shuffle=False)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
 
     ref = encs[0]
     L = ref.num_layers + 1
@@ -137,24 +151,18 @@ def analyze(
     # Every model in one pass per batch; models sharing a CNN (θ₀, Stable-FT, Speech-FT and their
     # interpolations: the CNN stays frozen) run it once.
     everyone = encs + list(llfc_models.values())
-    keys = [e.cnn_key() for e in everyone]
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="analyze", unit="batch"):
-            outs = forward_many(everyone, batch["wav"].to(device), batch["wav_lens"].to(device), keys=keys)
-            if device != "cpu":
-                outs = [([s.float().cpu() for s in st], fl.cpu()) for st, fl in outs]
-            feats = [_frames(st, fl) for st, fl in outs[: len(encs)]]
-            for i, (cos, cka) in sims.items():
-                for layer in range(min(L, len(feats[i]))):
-                    x, y = feats[0][layer], feats[i][layer]
-                    n = min(x.shape[0], y.shape[0])
-                    if x.shape[1] == y.shape[1]:
-                        cos[layer].update(x[:n], y[:n])
-                    cka[layer].update(x[:n], y[:n])
-            for ((i, a), m), (st, fl) in zip(llfc_models.items(), outs[len(encs):]):
-                fm = _frames(st, fl)
-                for layer in range(L):
-                    llfc[(i, a)][layer].update(fm[layer], (1 - a) * feats[0][layer] + a * feats[i][layer])
+    for frames in layer_frames(everyone, rows, batch_seconds, device, desc="analyze"):
+        feats = frames[: len(encs)]
+        for i, (cos, cka) in sims.items():
+            for layer in range(min(L, len(feats[i]))):
+                x, y = feats[0][layer], feats[i][layer]
+                n = min(x.shape[0], y.shape[0])
+                if x.shape[1] == y.shape[1]:
+                    cos[layer].update(x[:n], y[:n])
+                cka[layer].update(x[:n], y[:n])
+        for (i, a), fm in zip(llfc_models, frames[len(encs):]):
+            for layer in range(L):
+                llfc[(i, a)][layer].update(fm[layer], (1 - a) * feats[0][layer] + a * feats[i][layer])
 
     records = []
     for i, (cos, cka) in sims.items():

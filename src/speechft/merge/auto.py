@@ -151,12 +151,9 @@ def cka_curve(pretrained: str, finetuned: str | Path, manifest: str | Path, grid
     """``{α: mean over hidden states of linear CKA(θ̂(α), θ₀)}`` on the audio of ``manifest``."""
     import copy
 
-    from ..analysis.run import _frames
+    from ..analysis.run import layer_frames
     from ..analysis.similarity import LinearCKA
-    from ..data.dataset import AudioDataset, collate
-    from ..data.sampler import LengthBucketSampler
     from ..data.validate import load_checked_rows
-    from ..models.encoder import forward_many
     from ..models.io import load_encoder
     from ..probe.runner import subsample
 
@@ -165,22 +162,12 @@ def cka_curve(pretrained: str, finetuned: str | Path, manifest: str | Path, grid
     sd1 = load_encoder(str(finetuned)).model.state_dict()
     grid = [float(a) for a in grid]
     models = [_interpolated(copy.deepcopy(ref), sd0, sd1, a).eval() for a in grid]
-    ds = AudioDataset(subsample(load_checked_rows(manifest), limit), max_seconds=20.0)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=LengthBucketSampler(ds.durations(), batch_seconds,
-                                                                               shuffle=False), collate_fn=collate)
     L = ref.num_layers + 1
     cka = {a: [LinearCKA(ref.hidden_size, ref.hidden_size) for _ in range(L)] for a in grid}
-    everyone = [ref, *models]
-    keys = [e.cnn_key() for e in everyone]
-    with torch.no_grad():
-        for batch in loader:
-            outs = forward_many(everyone, batch["wav"].to(device), batch["wav_lens"].to(device), keys=keys)
-            outs = [([s.float().cpu() for s in st], fl.cpu()) for st, fl in outs]
-            f0 = _frames(*outs[0])
-            for a, (st, fl) in zip(grid, outs[1:]):
-                fa = _frames(st, fl)
-                for layer in range(L):
-                    cka[a][layer].update(f0[layer], fa[layer])
+    for f0, *fa in layer_frames([ref, *models], subsample(load_checked_rows(manifest), limit), batch_seconds, device):
+        for a, frames in zip(grid, fa):
+            for layer in range(L):
+                cka[a][layer].update(f0[layer], frames[layer])
     return {a: float(sum(c.value() for c in cs) / L) for a, cs in cka.items()}
 
 
