@@ -184,25 +184,25 @@ def user_task_from_options(manifests: Optional[str], task_type: Optional[str], n
         if given:
             raise ValueError(f"{', '.join(given)} describe(s) a user task: pass --task-manifests train,dev,test too")
         return None
-    paths = split_csv(manifests)
-    if len(paths) == 1 and not Path(paths[0]).exists():
-        raise FileNotFoundError(f"--task-manifests: {paths[0]} not found")
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        paths = hf_task_manifests(paths[0], columns)
-    elif columns is not None:
-        raise ValueError("--task-columns applies to a Hugging Face dataset folder given as --task-manifests")
-    if len(paths) != 3:
-        raise ValueError(f"--task-manifests needs train,dev,test (3 paths) or one dataset folder, got {len(paths)} path(s)")
     if task_type is not None and task_type not in KINDS:
         raise ValueError(f"--task-type must be one of {', '.join(KINDS)}, not {task_type!r}")
     if target_field is not None and target_field not in TARGET_FIELDS:
         raise ValueError(f"--target-field must be one of {', '.join(TARGET_FIELDS)}, not {target_field!r}")
     if metric is not None and metric not in METRICS:
         raise ValueError(f"--task-metric must be one of {', '.join(METRICS)}, not {metric!r}")
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"--task-manifests: {p} not found" if not Path(p).exists()
-                                    else f"--task-manifests: {p} is not a file")
+    paths = split_csv(manifests)
+    missing = next((p for p in paths if not Path(p).exists()), None)
+    if missing is not None:
+        raise FileNotFoundError(f"--task-manifests: {missing} not found")
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        paths = hf_task_manifests(paths[0], columns)
+    elif columns is not None:
+        raise ValueError("--task-columns applies to a Hugging Face dataset folder given as --task-manifests")
+    if len(paths) != 3:
+        raise ValueError(f"--task-manifests needs train,dev,test (3 paths) or one dataset folder, got {len(paths)} path(s)")
+    not_file = next((p for p in paths if not Path(p).is_file()), None)
+    if not_file is not None:
+        raise FileNotFoundError(f"--task-manifests: {not_file} is not a file")
     field = target_field
     if field is None and task_type is not None:
         field = "text" if task_type == "ctc" else "label"
