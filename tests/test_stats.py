@@ -128,3 +128,16 @@ def test_compare_models_script_prints_intervals_and_flags_a_null_difference(tmp_
     assert capsys.readouterr().out.strip().endswith("| – |")
     assert mod.main([str(tmp_path), "--rows", "X=nothere"]) == 2
     assert "no records of model 'nothere'" in capsys.readouterr().err
+
+
+def test_one_model_may_stand_in_several_rows():
+    """A continual scenario's first Speech-FT merge starts both Speech-FT chains: both rows show its records."""
+    from speechft.report.markdown import Results
+    from test_provenance import _rec
+
+    recs = [_rec("FBANK", "t", 0.1, n=40), _rec("m1", "t", 0.6, n=40), _rec("other", "t", 0.4, n=40)]
+    res = Results(recs, {"FBANK": ["FBANK"], "chain a": ["m1"], "chain b": ["m1"], "x": ["other"]}, ["t"])
+    a, b = res.cell("chain a", "t"), res.cell("chain b", "t")
+    assert a is not None and (a.mean, a.lo, a.hi) == (b.mean, b.lo, b.hi)
+    assert res.score_difference("chain a", "chain b", ["t"]).mean == 0.0
+    assert res.cell("x", "t").mean != a.mean

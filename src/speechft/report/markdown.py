@@ -22,7 +22,8 @@ class Results:
     """Probe records of one report grouped into rows, with scores and intervals.
 
     ``rows``: row labels in table order, or ``{label: [model names in the records]}`` when a row
-    pools several models (one per fine-tuning seed). A cell is the row's records on one task; its
+    pools several models (one per fine-tuning seed); a model may stand in several rows (a continual
+    scenario's first Speech-FT merge starts both of its Speech-FT chains). A cell is the row's records on one task; its
     point is the mean over models of the mean over probe seeds (:func:`speechft.probe.stats.point`).
     Points per task come from :func:`speechft.probe.score.superb_score` (the reference points each
     task declares; FBANK records on the same data), the same path as ``speechft probe``."""
@@ -30,11 +31,15 @@ class Results:
     def __init__(self, records: Sequence[dict], rows, tasks: Sequence[str]):
         groups = rows if isinstance(rows, dict) else {m: [m] for m in rows}
         self.models, self.tasks = list(groups), list(tasks)
-        owner = {m: label for label, ms in groups.items() for m in ms}
-        self.records = [r for r in records if r["model"] in owner and r["task"] in self.tasks]
+        owners: dict = {}  # model name -> the rows it belongs to (one model may stand in several rows)
+        for label, ms in groups.items():
+            for m in ms:
+                owners.setdefault(m, []).append(label)
+        self.records = [r for r in records if r["model"] in owners and r["task"] in self.tasks]
         self.cells: dict = {}
         for r in self.records:
-            self.cells.setdefault((owner[r["model"]], r["task"]), []).append(r)
+            for label in owners[r["model"]]:
+                self.cells.setdefault((label, r["task"]), []).append(r)
         check_groups(self.records)  # refuses records of one model and task made from other inputs
         self.profile = profile_of(self.records)  # refuses records of several probe profiles
         self._fb = {t: [r for r in self.records if is_fbank_record(r) and r["task"] == t] for t in self.tasks}
