@@ -137,14 +137,19 @@ def continual_section(records: Sequence[dict], plan, sc, tasks: Sequence[str], o
         lines += [sc.description, ""]
     lines += ["Every method after the last stage, on every task (test metrics in %, 95 % intervals; score over all "
               "tasks):", "", render_table(res, [r.label for r in shared] + [r.label for r in finals], tasks), ""]
-    reg = next((r.label for r in finals if _method_of(r) == "sequential regular FT"), None)
-    for r in finals:
-        for other, what in (("pre-trained", "the pre-trained model"), (reg, "sequential regular FT")):
-            if other is None or other == r.label:
-                continue
-            d = res.score_difference(r.label, other, tasks)
-            if d is not None:
-                lines.append(f"- On all tasks, {_method_of(r)} {_verdict(d, 'is above', 'is below')} {what} ({_pts(d)}).")
+    final = {_method_of(r): r.label for r in finals}
+    reg = final.get("sequential regular FT")
+    pairs = [(r.label, other, what) for r in finals
+             for other, what in (("pre-trained", "the pre-trained model"), (reg, "sequential regular FT"))
+             if other is not None and other != r.label]
+    prev, theta0 = (final.get(f"Speech-FT, merged with {x}") for x in ("the previous stage", "θ₀"))
+    if prev and theta0:  # the two ways of merging each stage
+        pairs.append((prev, theta0, "Speech-FT merged with θ₀"))
+    for a, other, what in pairs:
+        d = res.score_difference(a, other, tasks)
+        if d is not None:
+            name = next(_method_of(r) for r in finals if r.label == a)
+            lines.append(f"- On all tasks, {name} {_verdict(d, 'is above', 'is below')} {what} ({_pts(d)}).")
     lines += ["", "### Forgetting matrix", "",
               "Each method after each stage, on the tasks of the order (test metrics in %, 95 % intervals). Tasks not "
               "yet fine-tuned show what the earlier stages transfer.", "",
