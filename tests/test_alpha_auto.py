@@ -39,7 +39,7 @@ def test_similarity_rule_picks_the_largest_alpha_above_the_threshold():
 
 
 def test_rule_specs():
-    assert parse_rule("auto")[0].name == "ft-dev" and parse_rule("auto")[1] == 0.9
+    assert parse_rule("auto")[0].name == "cka" and parse_rule("auto")[1] == 0.9  # the measured best (docs/alpha)
     assert parse_rule("auto:cka:0.8")[0].name == "cka" and parse_rule("auto:cka:0.8")[1] == 0.8
     with pytest.raises(ValueError, match="did you mean cka"):
         parse_rule("auto:ckaa")
@@ -94,7 +94,7 @@ def test_ft_dev_with_theta_prime_equal_theta0_keeps_theta0(ft_run, tiny_model_di
     shutil.copytree(ft_run, run)
     shutil.rmtree(run / "encoder")
     shutil.copytree(tiny_model_dir, run / "encoder")  # θ′ = θ₀: no α changes anything
-    choice = choose_alpha(str(tiny_model_dir), run, "auto", grid=(0.0, 0.5, 1.0), limit=None)
+    choice = choose_alpha(str(tiny_model_dir), run, "auto:ft-dev", grid=(0.0, 0.5, 1.0), limit=None)
     assert len(set(choice.curve.values())) == 1 and choice.alpha == 0.0
 
 
@@ -108,7 +108,7 @@ def test_merge_alpha_auto_merges_at_the_chosen_alpha(ft_run, tiny_model_dir, tmp
     known = {a: min(1.0, 0.5 + a) for a in GRID}  # saturates at α = 0.5: 90 % of the gain at α = 0.5
     monkeypatch.setattr(auto, "ft_dev_curve", lambda *a, **k: (dict(known), "accuracy", True))
     res = CliRunner().invoke(app, ["merge", "--pretrained", str(tiny_model_dir), "--finetuned",
-                                   str(ft_run / "encoder"), "--alpha", "auto", "--out", str(tmp_path / "m")])
+                                   str(ft_run / "encoder"), "--alpha", "auto:ft-dev", "--out", str(tmp_path / "m")])
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "m" / "speechft_card.json").read_text())
     assert card["alpha"] == 0.5 and card["alpha_auto"]["rule"] == "ft-dev" and card["alpha_auto"]["alpha"] == 0.5
@@ -142,13 +142,13 @@ def test_sweep_alphas_auto_entry_adds_the_chosen_alpha_and_records_its_choice(ft
     monkeypatch.setattr(auto, "ft_dev_curve", lambda *a, **k: (dict(known), "accuracy", True))
     out = tmp_path / "sweep"
     res = CliRunner().invoke(app, ["sweep", "--pretrained", str(tiny_model_dir), "--finetuned", str(ft_run),
-                                   "--alphas", "0,auto,1", "--tasks", "lite-ks", "--quick", "--epochs", "1",
+                                   "--alphas", "0,auto:ft-dev,1", "--tasks", "lite-ks", "--quick", "--epochs", "1",
                                    "--limit", "8", "--out", str(out)])
     assert res.exit_code == 0, res.output
     recs = [json.loads(x) for x in (out / "sweep.jsonl").read_text().splitlines()]
     assert sorted(r["alpha"] for r in recs) == [0.0, 0.7, 1.0]
     choice = json.loads((out / "alpha_auto.jsonl").read_text().splitlines()[0])
-    assert choice["spec"] == "auto" and choice["alpha"] == 0.7 and choice["rule"] == "ft-dev"
+    assert choice["spec"] == "auto:ft-dev" and choice["alpha"] == 0.7 and choice["rule"] == "ft-dev"
 
 
 def test_choice_on_a_coarser_grid_applies_the_same_rule_to_the_restricted_curve():
