@@ -117,3 +117,51 @@ def test_timing_section_sums_jobs_per_stage_and_gives_the_wall_clock():
     assert "| probe A | 2 | 9 |" in text and "| **all jobs** | 3 | 11 |" in text
     assert "| **wall clock** (first start to last end) | | 7 (0.1 min) |" in text
     assert "3 jobs on 2 worker process(es) x 1 torch thread(s)" in text
+
+
+def test_alpha_auto_plans_a_choosing_merge_and_sweeps_the_fixed_alpha_separately(tmp_path):
+    from speechft import pipeline
+
+    cfg = ReproduceConfig(tasks=("lite-ks",), alpha="auto:cka", sweep_alphas=(0.0, 0.25, 1.0), sweep_tasks=("lite-ks",))
+    jobs, rows = pipeline.plan_jobs(cfg, tmp_path, ["lite-ks"])
+    by = {j.name: j for j in jobs}
+    assert by["merge"].fn is pipeline._merge_auto and by["merge"].kwargs["spec"] == "auto:cka"
+    assert by["merge"].kwargs["run_dir"] == str(tmp_path / "finetune" / "stable")
+    sft = next(r for r in rows if r.role == "speech-ft")
+    assert sft.name == "Speech-FT (α=auto:cka)" and sft.alpha is None
+    # α = 0.25 is no longer Speech-FT's model: the sweep merges it
+    assert [(r.role, r.alpha) for r in rows if not r.in_table] == [("sweep", 0.25)]
+    assert pipeline.sweep_models(cfg, rows) == {0.0: "pre-trained", 0.25: "sweep α=0.25", 1.0: "Stable-FT"}
+
+
+@pytest.mark.parametrize("value, expect", [("auto", "auto"), ("auto:ft-dev:0.8", "auto:ft-dev:0.8"), ("0.5", 0.5),
+                                           (0.4, 0.4)])
+def test_alpha_values(value, expect):
+    assert ReproduceConfig.load(alpha=value).alpha == expect
+
+
+@pytest.mark.parametrize("text, message", [("alpha: auto:ckx\n", "did you mean cka"),
+                                           ("alpha: 1.5\n", "alpha must be a number in"),
+                                           ("alpha: half\n", "alpha must be a number in")])
+def test_alpha_errors_name_the_file(tmp_path, text, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=message) as e:
+        ReproduceConfig.load(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.slow
+def test_reproduce_with_alpha_auto_reports_the_chosen_alpha(tmp_path, tiny_model_dir, lite_quick):
+    from speechft import pipeline
+
+    cfg = ReproduceConfig(model=str(tiny_model_dir), ft_task="lite-ks", tasks=("lite-ks",), alpha="auto:cka",
+                          ft_steps=4, ft_batch_seconds=6.0, sweep_alphas=(0.0, 1.0), sweep_tasks=("lite-ks",),
+                          size="quick", probe_epochs=1, analysis_limit=6)
+    out = tmp_path / "run"
+    text = pipeline.reproduce(cfg, out).read_text()
+    card = json.loads((out / "models" / "speech-ft" / "speechft_card.json").read_text())
+    chosen = card["alpha_auto"]["alpha"]
+    assert card["alpha"] == chosen and card["alpha_auto"]["rule"] == "cka"
+    assert f"Speech-FT merges with α = {chosen:g}, chosen by `auto:cka`" in text
+    assert "| Speech-FT (α=auto:cka) |" in text

@@ -152,6 +152,20 @@ def _merge(model: str, finetuned: list, alphas: list, outs: list, method: str = 
     return key_of([dir_digest(o) for o in outs])
 
 
+def _merge_auto(model: str, run_dir: str, spec: str, out: str) -> dict:
+    """Speech-FT at the α that rule ``spec`` (``auto[:RULE[:VALUE]]``) picks for the fine-tuning run
+    ``run_dir``; the choice goes into the merged model's card. Returns the choice and the model's digest."""
+    from .merge.auto import choose_alpha
+    from .merge.merge import merge_models
+    from .utils.provenance import dir_digest
+
+    choice = choose_alpha(model, run_dir, spec, device=_device())
+    merge_models(model, [str(Path(run_dir) / "encoder")], out, alpha=choice.alpha, overwrite=True, progress=False,
+                 card_extra={"alpha_auto": choice.to_json()})
+    return {"alpha": choice.alpha, "rule": choice.rule, "value": choice.value, "seconds": round(choice.seconds, 2),
+            "digest": dir_digest(out)}
+
+
 def _extract(refs: list, task: str, size: str, fsdd: Optional[str], limit: Optional[int]) -> str:
     """Features of every model sharing θ₀'s CNN on one task, in one pass (the CNN runs once). Its
     result is a constant: the feature cache is keyed by content, so what the probes compute does not
@@ -219,12 +233,12 @@ def plan_rows(cfg: ReproduceConfig, layout: Layout) -> list[Row]:
     rows = [Row(FBANK, "fbank", ROLE_FBANK), Row(PRETRAINED, cfg.model, ROLE_PRETRAINED),
             Row(REGULAR, str(layout.encoder("regular")), ROLE_REGULAR),
             Row(STABLE, str(layout.encoder("stable")), ROLE_STABLE, alpha=1.0),
-            Row(f"{SPEECHFT} (α={cfg.alpha:g})", str(layout.speechft), ROLE_SPEECHFT, alpha=float(cfg.alpha))]
+            Row(f"{SPEECHFT} (α={cfg.alpha_label})", str(layout.speechft), ROLE_SPEECHFT, alpha=cfg.fixed_alpha)]
     rows += [Row(BASELINE_NAMES[b], str(layout.encoder(b)), ROLE_BASELINE) for b in cfg.baselines if b in BASELINE_NAMES]
     rows += [Row(f"early (step-{k})", str(layout.early(k)), ROLE_EARLY) for k in early_steps(cfg)]
     # α = 0, α and 1 are θ₀, Speech-FT and Stable-FT bit for bit: the sweep uses their rows
     for a in dict.fromkeys(float(x) for x in cfg.sweep_alphas):
-        if a not in (0.0, 1.0, float(cfg.alpha)):
+        if a not in (0.0, 1.0, cfg.fixed_alpha):
             rows.append(Row(f"sweep α={a:g}", str(layout.sweep_model(a)), ROLE_SWEEP, alpha=a, in_table=False))
     return rows
 
@@ -232,7 +246,8 @@ def plan_rows(cfg: ReproduceConfig, layout: Layout) -> list[Row]:
 def sweep_models(cfg: ReproduceConfig, rows: list[Row]) -> dict[float, str]:
     """α -> the row name whose records give the sweep's point at α."""
     by_alpha = {0.0: PRETRAINED}
-    by_alpha.update({r.alpha: r.name for r in rows if r.role in (ROLE_STABLE, ROLE_SPEECHFT, ROLE_SWEEP)})
+    by_alpha.update({r.alpha: r.name for r in rows if r.role in (ROLE_STABLE, ROLE_SPEECHFT, ROLE_SWEEP)
+                     and r.alpha is not None})
     return {float(a): by_alpha[float(a)] for a in dict.fromkeys(cfg.sweep_alphas)}
 
 
@@ -261,10 +276,13 @@ def plan_jobs(cfg: ReproduceConfig, out: Path, tasks: list[str], model_fingerpri
                         deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=theta0, owns=(rdir,),
                         cost=_COST["finetune-stable"] if recipe == "stable" else _COST["finetune"]))
     stable = str(layout.encoder("stable"))
-    jobs.append(Job("merge", _merge, dict(model=cfg.model, finetuned=[stable], alphas=[float(cfg.alpha)],
-                                          outs=[str(layout.speechft)]),
-                    deps=("finetune-stable",), outputs=(layout.speechft / "config.json",), inputs=theta0,
-                    owns=(layout.speechft,), cost=_COST["merge"]))
+    if cfg.fixed_alpha is None:  # auto…: α chosen from the Stable-FT run, then the merge
+        fn, kw = _merge_auto, dict(model=cfg.model, run_dir=str(layout.finetune("stable")), spec=cfg.alpha,
+                                   out=str(layout.speechft))
+    else:
+        fn, kw = _merge, dict(model=cfg.model, finetuned=[stable], alphas=[cfg.fixed_alpha], outs=[str(layout.speechft)])
+    jobs.append(Job("merge", fn, kw, deps=("finetune-stable",), outputs=(layout.speechft / "config.json",),
+                    inputs=theta0, owns=(layout.speechft,), cost=_COST["merge"]))
     sweep_rows = [r for r in rows if r.role == ROLE_SWEEP]
     if sweep_rows:
         jobs.append(Job("merge sweep", _merge, dict(model=cfg.model, finetuned=[stable], alphas=[r.alpha for r in sweep_rows],

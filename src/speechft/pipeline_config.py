@@ -15,13 +15,33 @@ import yaml
 from .utils.names import check_known_keys, read_yaml_mapping
 
 
+def _alpha(value, where: str) -> float | str:
+    """A number in [0, 1], or a valid ``auto[:RULE[:VALUE]]`` spec."""
+    if isinstance(value, str) and value.strip().startswith("auto"):
+        from .merge.auto import parse_rule
+
+        try:
+            parse_rule(value.strip())
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{where}: alpha: {e.args[0] if e.args else e}") from None
+        return value.strip()
+    if isinstance(value, str):  # from the command line
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{where}: alpha must be a number in [0, 1] or auto[:RULE[:VALUE]], not {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ReproduceConfig:
     model: str = "speechft-tiny"  # pre-trained θ₀
     ft_task: str = "lite-asr"  # the fine-tuning task (the paper fine-tunes on ASR)
     tasks: tuple = ("lite-pr", "lite-asr", "lite-ks", "lite-sid", "lite-lid", "lite-ic", "lite-style", "fsdd-ks", "fsdd-sid")
     baselines: tuple = ()  # besides regular FT: any of l2sp, lora, dora, early (each adds a fine-tune + a probe)
-    alpha: float = 0.25
+    alpha: float | str = 0.25  # or auto[:RULE[:VALUE]]: chosen from the Stable-FT run (speechft.merge.auto)
     sweep_alphas: tuple = (0.0, 0.25, 0.5, 1.0)  # 0, alpha and 1 reuse the probes of θ₀, Speech-FT, Stable-FT
     sweep_tasks: tuple = ("lite-asr", "lite-pr", "lite-sid", "fsdd-ks")
     size: str = "default"  # lite (and FSDD) data size: default | quick
@@ -49,7 +69,19 @@ class ReproduceConfig:
         for k in ("tasks", "baselines", "sweep_alphas", "sweep_tasks"):
             if k in data and isinstance(data[k], list):
                 data[k] = tuple(data[k])
+        if "alpha" in data:
+            data["alpha"] = _alpha(data["alpha"], str(path) if path is not None else "config")
         return cls(**data)
+
+    @property
+    def fixed_alpha(self) -> Optional[float]:
+        """Speech-FT's α when it is a number; None when ``auto…`` chooses it at run time."""
+        return None if isinstance(self.alpha, str) else float(self.alpha)
+
+    @property
+    def alpha_label(self) -> str:
+        """``0.25`` or ``auto:cka``: how the report names Speech-FT's α."""
+        return self.alpha if isinstance(self.alpha, str) else f"{self.alpha:g}"
 
     @classmethod
     def quick(cls, base: "ReproduceConfig") -> "ReproduceConfig":

@@ -15,6 +15,8 @@ def command(
     quick: bool = typer.Option(False, "--quick", help="CI-sized run: quick lite data, few steps, short probes, coarse sweep."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per (model, task); > 1 reports mean ± std."),
     model: Optional[str] = typer.Option(None, "--model", help="Pre-trained model reference (default: speechft-tiny)."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Speech-FT's α: a number (default 0.25) or "
+                                        "auto[:RULE[:VALUE]], chosen from the Stable-FT run (see docs/merge.md)."),
     fsdd: Optional[str] = typer.Option(None, "--fsdd", help="Path to the Free Spoken Digit Dataset (for fsdd-* tasks)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes running independent jobs at once "
                                           "(default: up to 4 on CPU, splitting the cores; 1 with a GPU)."),
@@ -26,7 +28,7 @@ def command(
     from ..pipeline_config import ReproduceConfig
 
     with user_errors(out=out, device=device):
-        cfg = ReproduceConfig.load(config, seeds=seeds, model=model, fsdd=fsdd)
+        cfg = ReproduceConfig.load(config, seeds=seeds, model=model, fsdd=fsdd, alpha=alpha)
         check_models([cfg.model])
         report = reproduce(cfg, out, quick=quick, workers=workers)
     typer.echo(f"report: {report}")

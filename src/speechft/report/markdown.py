@@ -222,6 +222,20 @@ def timing_lines(stages: dict, run_info: Optional[dict] = None) -> list[str]:
     return lines + [""]
 
 
+def _alpha_text(cfg, layout) -> str:
+    """``0.25``, or ``0.4 (chosen by auto:cka: …)`` from the merged model's card when α was chosen at run time."""
+    if cfg.fixed_alpha is not None:
+        return f"{cfg.fixed_alpha:g}"
+    import json
+
+    card = layout.speechft / "speechft_card.json"
+    auto = json.loads(card.read_text()).get("alpha_auto", {}) if card.exists() else {}
+    if not auto:
+        return f"{cfg.alpha} (not chosen yet)"
+    return (f"{auto['alpha']:g}, chosen by `{cfg.alpha}` ({auto['rule']} {auto['value']:g}, {auto['seconds']:.0f} s; "
+            f"its {auto['metric']} per α is in the merged model's card)")
+
+
 def write_report(layout, cfg, rows: Sequence, tasks: Sequence[str], dropped: Sequence[str], timings: dict,
                  run_info: Optional[dict] = None, probe_keys: Optional[set] = None) -> Path:
     """``layout.report`` from the run's records. ``rows``: the pipeline's typed rows (those with
@@ -243,7 +257,8 @@ def write_report(layout, cfg, rows: Sequence, tasks: Sequence[str], dropped: Seq
     n_seeds = sorted({len(v) for v in res.cells.values()})
     lines = ["# speechft reproduce report", ""]
     lines += [f"Pre-trained model **{cfg.model}**, fine-tuned on **{cfg.ft_task}** for {cfg.ft_steps} steps; "
-              f"Speech-FT merges with α = {cfg.alpha:g}; lite data size **{cfg.size}**; {cfg.seeds} probe seed(s).", ""]
+              f"Speech-FT merges with α = {_alpha_text(cfg, layout)}; lite data size **{cfg.size}**; {cfg.seeds} probe "
+              "seed(s).", ""]
     sizes = {t: next((r["num_utterances"]["test"] for r in res.records if r["task"] == t), None) for t in tasks}
     lines += ["## Results", "",
               "Test metrics in % (error rates ↓, accuracies ↑), mean over probe seeds with its 95 % bootstrap "
