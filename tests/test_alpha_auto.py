@@ -158,3 +158,23 @@ def test_choice_on_a_coarser_grid_applies_the_same_rule_to_the_restricted_curve(
     assert gain.on((0.0, 0.25, 0.5, 0.75, 1.0)) == 0.75  # 0.5 keeps only 71 % of the gain
     cka = AutoChoice(0.3, "cka", 0.9, {a: 1.0 - a / 3 for a in GRID})
     assert cka.on((0.0, 0.2, 0.5, 1.0)) == 0.2
+
+
+def test_choose_by_drop_keeps_the_largest_alpha_within_the_allowed_loss():
+    from speechft.merge.auto import choose_by_drop
+
+    acc = {0.0: 0.80, 0.25: 0.79, 0.5: 0.785, 0.75: 0.70, 1.0: 0.60}
+    assert choose_by_drop(acc, True, 0.02) == 0.5  # 0.785 >= 0.98 * 0.80 = 0.784
+    assert choose_by_drop(acc, True, 0.001) == 0.0
+    err = {0.0: 0.40, 0.5: 0.404, 1.0: 0.50}  # an error rate: lower is better
+    assert choose_by_drop(err, False, 0.02) == 0.5 and choose_by_drop(err, False, 0.5) == 1.0
+
+
+def test_held_out_rule_probes_the_held_out_task_at_every_alpha(ft_run, tiny_model_dir):
+    from speechft.merge.auto import choose_alpha, held_out_task
+
+    assert held_out_task("lite-asr") == "lite-sid" and held_out_task("lite-sid") == "lite-ks"
+    assert held_out_task("fsdd-sid") == "lite-ks"
+    choice = choose_alpha(str(tiny_model_dir), ft_run, "auto:held-out:0.5", grid=(0.0, 1.0), limit=8)
+    assert choice.rule == "held-out" and choice.metric == "lite-sid accuracy" and set(choice.curve) == {0.0, 1.0}
+    assert all(0.0 <= v <= 1.0 for v in choice.curve.values()) and choice.alpha in (0.0, 1.0)

@@ -5,11 +5,14 @@ trained) and picks α from it; the rules form an explicit registry (``auto:RULE[
 
     cka[:C]      (``auto``) the mean over hidden states of the linear CKA between θ̂(α) and θ₀ on the task's
                  dev audio; the largest α whose similarity is at least C (default 0.9). Uses no labels.
+    held-out[:D] a few-shot probe on a held-out task (lite-sid; lite-ks when fine-tuning on a speaker
+                 task), trained on at most 50 of its train utterances for each θ̂(α); the largest α whose
+                 dev metric is within a relative D (default 0.02) of α = 0's. Uses that task's labels.
     ft-dev[:R]   the fine-tuning task's dev metric through the run's own head on the interpolated
                  encoders θ̂(α) = (1-α)θ₀ + αθ′; the smallest α that keeps at least R (default 0.9) of
                  the dev gain that α = 1 has over α = 0. Uses the task's dev labels.
 
-Both evaluate the same grid (default 0, 0.1, …, 1) on at most ``limit`` dev utterances (evenly spread,
+All evaluate the same grid (default 0, 0.1, …, 1) on at most ``limit`` dev utterances (evenly spread,
 :func:`speechft.probe.runner.subsample`).
 The selection functions are pure (a curve in, an α out) and tested on curves whose answer is known;
 the curve functions run the models. Which rule ``auto`` means is set by :data:`DEFAULT_RULE`.
@@ -42,7 +45,13 @@ RULES = by_name([
     AutoRule("ft-dev", 0.9, "smallest α keeping this share of the fine-tuning task's dev gain (α=1 over α=0), "
                             "measured through the fine-tuning head"),
     AutoRule("cka", 0.9, "largest α whose mean linear CKA to θ₀ on the task's dev audio stays at least this"),
+    AutoRule("held-out", 0.02, "largest α whose few-shot dev probe on a held-out task loses at most this "
+                               "relative share of α = 0's metric"),
 ], "α rule")
+# held-out: the task whose few-shot dev probe guards what fine-tuning on a task may erode. Speaker identity
+# for every task but speaker ones (what content fine-tuning erodes most in the study), keywords for those.
+HELD_OUT_DEFAULT, HELD_OUT_FOR_SPEAKER = "lite-sid", "lite-ks"
+FEW_SHOT = 50  # held-out: at most this many utterances per split of the held-out task
 DEFAULT_RULE = "cka"  # measured best of the rules on the study's scenarios (docs/alpha/report.md)
 
 
@@ -99,6 +108,16 @@ def choose_by_gain(curve: dict, higher_is_better: bool, keep: float) -> float:
         best = max(oriented.values())
         return next(a for a in alphas if oriented[a] == best)
     return next(a for a in alphas if oriented[a] - oriented[0.0] >= keep * full - 1e-12)
+
+
+def choose_by_drop(curve: dict, higher_is_better: bool, drop: float) -> float:
+    """The largest α whose metric is within a relative ``drop`` of α = 0's (α = 0 always qualifies)."""
+    if 0.0 not in curve:
+        raise ValueError("the curve needs α = 0")
+    v0 = curve[0.0]
+    ok = [a for a, v in curve.items() if a == 0.0 or
+          (v >= v0 - drop * abs(v0) - 1e-12 if higher_is_better else v <= v0 + drop * abs(v0) + 1e-12)]
+    return max(ok)
 
 
 def choose_by_similarity(curve: dict, threshold: float) -> float:
@@ -171,6 +190,40 @@ def cka_curve(pretrained: str, finetuned: str | Path, manifest: str | Path, grid
     return {a: float(sum(c.value() for c in cs) / L) for a, cs in cka.items()}
 
 
+def held_out_task(ft_task: str) -> str:
+    """The held-out task of the ``held-out`` rule for a run fine-tuned on ``ft_task``."""
+    return HELD_OUT_FOR_SPEAKER if ft_task.endswith("-sid") or ft_task == HELD_OUT_DEFAULT else HELD_OUT_DEFAULT
+
+
+def held_out_curve(pretrained: str, run_dir: str | Path, grid: Sequence[float] = GRID, limit: Optional[int] = 200,
+                   device: str = "cpu") -> tuple[dict, str, bool]:
+    """``({α: dev metric}, metric, higher_is_better)`` of a few-shot probe (one seed, at most
+    min(``limit``, :data:`FEW_SHOT`) utterances per split) on the held-out task, trained on each θ̂(α)'s
+    features (in a temporary cache)."""
+    import copy
+    import tempfile
+
+    from ..finetune.run import load_run
+    from ..models.io import load_encoder
+    from ..probe import run_probe
+
+    run, _, task = load_run(run_dir)
+    held = held_out_task(task.name)
+    ref = load_encoder(pretrained).eval()
+    sd0 = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    sd1 = load_encoder(str(Path(run_dir) / "encoder")).model.state_dict()
+    curve, metric, hib = {}, "", True
+    with tempfile.TemporaryDirectory() as tmp:
+        for a in grid:
+            enc = _interpolated(copy.deepcopy(ref), sd0, sd1, float(a)).eval()
+            rec = run_probe(enc, [held], tmp, seeds=(0,), size=run.get("size", "default"), fsdd_root=run.get("fsdd_root"),
+                            limit=min(limit or FEW_SHOT, FEW_SHOT), model_name=f"alpha-{a:g}", device=device, replace=True,
+                            cache_dir=str(Path(tmp) / "features"))[0]
+            curve[float(a)], metric, hib = float(rec["dev_value"]), rec["metric"], bool(rec["higher_is_better"])
+            log.info("held-out %s: α=%g dev %s %.4f", held, a, metric, curve[float(a)])
+    return curve, f"{held} {metric}", hib
+
+
 def run_folder(ref: str | Path) -> Path:
     """The fine-tuning run folder of ``ref``: the folder itself, or the run around ``RUN/encoder``."""
     p = Path(ref)
@@ -190,6 +243,8 @@ def choose_alpha(pretrained: str, run_dir: str | Path, spec: str = "auto", grid:
     t0 = time.perf_counter()
     if rule.name == "ft-dev":
         curve, metric, hib = ft_dev_curve(pretrained, run_dir, grid, limit, device)
+    elif rule.name == "held-out":
+        curve, metric, hib = held_out_curve(pretrained, run_dir, grid, limit, device)
     else:
         from ..finetune.run import load_run
 
@@ -204,5 +259,7 @@ def select(rule: str, curve: dict, higher_is_better: bool, value: float) -> floa
     """Rule ``rule``'s α from its signal ``curve`` (α -> signal) with parameter ``value`` (pure)."""
     if rule == "ft-dev":
         return choose_by_gain(curve, higher_is_better, value)
+    if rule == "held-out":
+        return choose_by_drop(curve, higher_is_better, value)
     return choose_by_similarity(curve, value)
 
