@@ -26,8 +26,8 @@ def command(
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),
     out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically)."),
     alpha: str = typer.Option("0.25", "--alpha", help="Interpolation weight α (0 = θ₀, 1 = θ′), or auto[:RULE[:VALUE]]: "
-                              "chosen from the fine-tuning run itself without probes (linear merge of one "
-                              "fine-tuning run folder; rules cka (default), ft-dev; see docs/merge.md)."),
+                              "chosen from the fine-tuning run itself (linear merge of one "
+                              "fine-tuning run folder; rules cka (default), ft-dev, held-out; see docs/merge.md)."),
     auto_limit: int = typer.Option(200, "--auto-limit", help="--alpha auto: at most N dev utterances (0 = all)."),
     method: str = typer.Option("linear", "--method", help="linear | task_arithmetic | ties | dare | dare_ties."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Per-model weights, comma-separated."),
