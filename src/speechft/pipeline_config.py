@@ -17,14 +17,10 @@ from .utils.names import check_known_keys, read_yaml_mapping
 
 def _alpha(value, where: str) -> float | str:
     """A number in [0, 1], or a valid ``auto[:RULE[:VALUE]]`` spec."""
-    if isinstance(value, str) and value.strip().startswith("auto"):
-        from .merge.auto import parse_rule
+    from .merge.auto import check_spec, is_auto
 
-        try:
-            parse_rule(value.strip())
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{where}: alpha: {e.args[0] if e.args else e}") from None
-        return value.strip()
+    if is_auto(value):
+        return check_spec(value, f"{where}: alpha")
     if isinstance(value, str):  # from the command line
         try:
             value = float(value)

@@ -25,7 +25,7 @@ KINDS = ("supervised", "unsupervised", "continual")
 
 def _alpha_choice(block, supervised: list, where: str) -> "AlphaChoice":
     """The validated ``alpha_choice`` block (rules known, grid in [0, 1] with 0 and 1, scenarios supervised)."""
-    from .merge.auto import parse_rule
+    from .merge.auto import check_spec
 
     if not isinstance(block, dict):
         raise ValueError(f"{where} must be a mapping (rules, grid, scenarios, limit)")
@@ -34,10 +34,7 @@ def _alpha_choice(block, supervised: list, where: str) -> "AlphaChoice":
     if not isinstance(rules, list) or not rules:
         raise ValueError(f"{where}: rules must list at least one rule (e.g. [ft-dev, cka])")
     for r in rules:
-        try:
-            parse_rule(f"auto:{r}")
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{where}: rules: {e.args[0] if e.args else e}") from None
+        check_spec(f"auto:{r}", f"{where}: rules")
     grid = block.get("grid", list(ALPHA_GRID))
     if (not isinstance(grid, list) or any(isinstance(a, bool) or not isinstance(a, (int, float)) for a in grid)
             or any(not 0.0 <= float(a) <= 1.0 for a in grid) or not {0.0, 1.0} <= {float(a) for a in grid}):

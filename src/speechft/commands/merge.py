@@ -56,10 +56,10 @@ def command(
 def resolve_alpha(alpha: str, pretrained: str, sources: list, method: str, limit: int) -> tuple[float, Optional[dict]]:
     """``(α, card extra)``: a number as given, or ``auto…`` chosen from the one fine-tuning run in ``sources``
     (its choice, curve and cost go into the merged model's card and one log line)."""
-    if not alpha.strip().startswith("auto"):
-        return parse_floats(alpha, "--alpha")[0], None
-    from ..merge.auto import choose_alpha, run_folder
+    from ..merge.auto import choose_alpha, is_auto, run_folder
 
+    if not is_auto(alpha):
+        return parse_floats(alpha, "--alpha")[0], None
     if method != "linear" or len(sources) != 1:
         raise ValueError("--alpha auto chooses α for the linear merge of one fine-tuning run "
                          f"(got --method {method} with {len(sources)} fine-tuned model(s))")

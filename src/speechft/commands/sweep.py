@@ -86,11 +86,12 @@ def command(
 def sweep_alphas(alphas: str, pretrained: str, sources: list, method: str, limit: int, out: Path) -> list:
     """The α of ``--alphas``: numbers as given, each ``auto…`` entry replaced by the α its rule picks (its
     choice, curve and cost appended to OUT/alpha_auto.jsonl)."""
+    from ..merge.auto import is_auto
     from ..utils.io import append_jsonl
 
     values = []
     for entry in split_csv(alphas):
-        if not entry.startswith("auto"):
+        if not is_auto(entry):
             values += parse_floats(entry, "--alphas")
             continue
         value, card = resolve_alpha(entry, pretrained, sources, method, limit)

@@ -93,6 +93,20 @@ def parse_rule(spec: str) -> tuple[AutoRule, float]:
     return rule, value
 
 
+def is_auto(value) -> bool:
+    """Whether an α value is an ``auto[:RULE[:VALUE]]`` spec rather than a number."""
+    return isinstance(value, str) and value.strip().startswith("auto")
+
+
+def check_spec(spec: str, where: str) -> str:
+    """``spec`` stripped, or a ValueError naming ``where`` when it is not a valid ``auto`` spec."""
+    try:
+        parse_rule(spec.strip())
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
+    return spec.strip()
+
+
 # -- selection (pure) ----------------------------------------------------------------------------------
 def choose_by_gain(curve: dict, higher_is_better: bool, keep: float) -> float:
     """The smallest α whose gain over α = 0 is at least ``keep`` × the gain of α = 1. Where fine-tuning
@@ -127,6 +141,15 @@ def choose_by_similarity(curve: dict, threshold: float) -> float:
 
 
 # -- signals (run the models) --------------------------------------------------------------------------
+def _endpoints(pretrained: str, finetuned: str | Path):
+    """``(θ₀'s encoder, a copy of θ₀'s weights, θ′'s weights)``: what every signal interpolates between."""
+    from ..models.io import load_encoder
+
+    enc = load_encoder(pretrained)
+    sd0 = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    return enc, sd0, load_encoder(str(finetuned)).model.state_dict()
+
+
 def _interpolated(base_enc, sd0: dict, sd1: dict, alpha: float):
     from ..analysis.run import interpolate
 
@@ -143,7 +166,6 @@ def ft_dev_curve(pretrained: str, run_dir: str | Path, grid: Sequence[float] = G
     from ..finetune.model import SpeechFTModel, load_head
     from ..probe.runner import subsample
     from ..finetune.run import load_run
-    from ..models.io import load_encoder
 
     run_dir = Path(run_dir)
     run, cfg, task = load_run(run_dir)
@@ -153,9 +175,7 @@ def ft_dev_curve(pretrained: str, run_dir: str | Path, grid: Sequence[float] = G
         raise ValueError(f"{run_dir}: the task's training data no longer gives the vocabulary the head was trained "
                          f"with (the data changed since fine-tuning)")
     data.dev.rows = subsample(data.dev.rows, limit)
-    enc = load_encoder(pretrained)
-    sd0 = {k: v.clone() for k, v in enc.model.state_dict().items()}
-    sd1 = load_encoder(str(run_dir / "encoder")).model.state_dict()
+    enc, sd0, sd1 = _endpoints(pretrained, run_dir / "encoder")
     accelerator = Accelerator(cpu=device == "cpu")
     curve = {}
     for a in grid:
@@ -173,12 +193,10 @@ def cka_curve(pretrained: str, finetuned: str | Path, manifest: str | Path, grid
     from ..analysis.run import layer_frames
     from ..analysis.similarity import LinearCKA
     from ..data.validate import load_checked_rows
-    from ..models.io import load_encoder
     from ..probe.runner import subsample
 
-    ref = load_encoder(pretrained).eval().to(device)
-    sd0 = ref.model.state_dict()
-    sd1 = load_encoder(str(finetuned)).model.state_dict()
+    ref, sd0, sd1 = _endpoints(pretrained, finetuned)
+    ref = ref.eval().to(device)
     grid = [float(a) for a in grid]
     models = [_interpolated(copy.deepcopy(ref), sd0, sd1, a).eval() for a in grid]
     L = ref.num_layers + 1
@@ -204,14 +222,12 @@ def held_out_curve(pretrained: str, run_dir: str | Path, grid: Sequence[float] =
     import tempfile
 
     from ..finetune.run import load_run
-    from ..models.io import load_encoder
     from ..probe import run_probe
 
     run, _, task = load_run(run_dir)
     held = held_out_task(task.name)
-    ref = load_encoder(pretrained).eval()
-    sd0 = {k: v.clone() for k, v in ref.model.state_dict().items()}
-    sd1 = load_encoder(str(Path(run_dir) / "encoder")).model.state_dict()
+    ref, sd0, sd1 = _endpoints(pretrained, Path(run_dir) / "encoder")
+    ref = ref.eval()
     curve, metric, hib = {}, "", True
     with tempfile.TemporaryDirectory() as tmp:
         for a in grid:

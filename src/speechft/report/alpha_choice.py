@@ -12,19 +12,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .markdown import Results, _pct
-
-
-def _fmt(iv, digits: int = 0) -> str:
-    return "–" if iv is None else f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
-
-
-def _diff(d, scale: float = 1.0, digits: int = 0) -> str:
-    if d is None:
-        return "–"
-    v = d.scaled(scale) if scale != 1.0 else d
-    mark = "" if v.excludes_zero else " (n.s.)"
-    return f"{v.mean:+.{digits}f} [{v.lo:+.{digits}f}, {v.hi:+.{digits}f}]{mark}"
+from .markdown import Results, _pct, _pts, signed_metric, signed_points
 
 
 def grid_label(a: float) -> str:
@@ -89,17 +77,16 @@ def alpha_section(records: Sequence[dict], cfg, plan, tasks: Sequence[str], timi
             choices.append((f"auto:{rule}", rec.get("alpha_on_grid"), f"{rec['alpha']:g}" if "alpha" in rec else "–"))
         best = oracle(res, labels, tasks)
         choices.append(("oracle (best on test)", best, ""))
-        sign = 100.0 if res.meta(sc.task)[1] else -100.0
         for what, a, a11 in choices:
             if a is None:
                 lines.append(f"| {sc.name} ({sc.task}) | {what} | – | {a11} | – | – | – | – | – |")
                 continue
             lab, ref = labels[a], labels.get(fixed)
             same = lab == ref
-            d_all = "" if same or ref is None else _diff(res.score_difference(lab, ref, tasks))
-            d_ft = "" if same or ref is None else _diff(res.difference(lab, ref, sc.task), sign, 1)
+            d_all = "" if same or ref is None else signed_points(res.score_difference(lab, ref, tasks))
+            d_ft = "" if same or ref is None else signed_metric(res, res.difference(lab, ref, sc.task), sc.task)
             lines.append(f"| {sc.name} ({sc.task}) | {what} | {a:g} | {a11} | {_pct(res.cell(lab, sc.task))} | "
-                         f"{_fmt(res.score(lab, others))} | {_fmt(res.score(lab, tasks))} | {d_all} | {d_ft} |")
+                         f"{_pts(res.score(lab, others))} | {_pts(res.score(lab, tasks))} | {d_all} | {d_ft} |")
         names = list(grid.values())
         own, every = sweep_seconds(timings, plan, names, [sc.task]), sweep_seconds(timings, plan, names, tasks)
         for rule, job in plan.alpha_rules[sc.name].items():

@@ -122,6 +122,18 @@ def _pts(iv: Optional[stats.Interval]) -> str:
     return f"{iv.mean:.0f} [{iv.lo:.0f}, {iv.hi:.0f}]" if iv.hi > iv.lo else f"{iv.mean:.0f}"
 
 
+def signed_points(d: Optional[stats.Interval], digits: int = 0) -> str:
+    """A difference with its sign and interval, and (n.s.) when the interval contains 0; "–" without one."""
+    if d is None:
+        return "–"
+    return f"{d.mean:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}]" + ("" if d.excludes_zero else " (n.s.)")
+
+
+def signed_metric(res: "Results", d: Optional[stats.Interval], task: str) -> str:
+    """A metric difference on ``task`` in points (%), positive = better (error rates sign-flipped)."""
+    return "–" if d is None else signed_points(d.scaled(100.0 if res.meta(task)[1] else -100.0), 1)
+
+
 def render_table(res: Results, models: Sequence[str], tasks: Sequence[str]) -> str:
     """Markdown table: test metric in % with its 95 % interval per task, and the score over all tasks.
     The best non-FBANK mean per column is bold."""

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from ..probe.score import profile_note
 from ..utils.io import atomic_write_text, read_jsonl
 from .alpha_choice import alpha_section
-from .markdown import Results, _pct, _pts, _verdict, render_table, summarize, timing_lines
+from .markdown import Results, _pct, _pts, _verdict, render_table, signed_metric, signed_points, summarize, timing_lines
 
 # The paper's own figures (HuBERT Base, ASR fine-tuning on TED-LIUM), for reference only: another
 # model, other data and SUPERB's own probing recipes.
@@ -29,22 +29,12 @@ def _rows_dict(rows) -> dict:
     return {r.label: [n for n, _ in r.models] for r in rows}
 
 
-def _delta(res: Results, a: str, b: str, task: str) -> Optional[str]:
-    d = res.difference(a, b, task)
-    if d is None:
-        return None
-    sign = 100.0 if res.meta(task)[1] else -100.0
-    v = d.scaled(sign)
-    mark = "" if v.excludes_zero else " (n.s.)"
-    return f"{v.mean:+.1f} [{v.lo:+.1f}, {v.hi:+.1f}]{mark}"
+def _delta(res: Results, a: str, b: str, task: str) -> str:
+    return signed_metric(res, res.difference(a, b, task), task)
 
 
-def _score_delta(res: Results, a: str, b: str, tasks: Sequence[str]) -> Optional[str]:
-    d = res.score_difference(a, b, tasks)
-    if d is None:
-        return None
-    mark = "" if d.excludes_zero else " (n.s.)"
-    return f"{d.mean:+.0f} [{d.lo:+.0f}, {d.hi:+.0f}]{mark}"
+def _score_delta(res: Results, a: str, b: str, tasks: Sequence[str]) -> str:
+    return signed_points(res.score_difference(a, b, tasks))
 
 
 def _method_of(row) -> str:
@@ -61,9 +51,9 @@ def _continual_summary(res: Results, sc, plan, tasks: Sequence[str]) -> list[str
     reg = next((r.label for r in finals if _method_of(r) == "sequential regular FT"), None)
     lines = []
     for r in finals:
-        ft = (_score_delta(res, r.label, "pre-trained", order) or "–") + " (score over the order's tasks)"
-        ot = _score_delta(res, r.label, "pre-trained", others) or "–"
-        vr = "" if r.label == reg else (_score_delta(res, r.label, reg, others) or "–")
+        ft = _score_delta(res, r.label, "pre-trained", order) + " (score over the order's tasks)"
+        ot = _score_delta(res, r.label, "pre-trained", others)
+        vr = "" if r.label == reg else _score_delta(res, r.label, reg, others)
         lines.append(f"| {sc.name} (continual: {' → '.join(order)}) | {_method_of(r)} | {ft} | {ot} | {vr} |")
     return lines
 
@@ -83,16 +73,16 @@ def summary_matrix(res: Results, cfg, plan, tasks: Sequence[str]) -> list[str]:
         for r in plan.rows:
             if r.scenario != sc.name or not r.in_table:
                 continue
-            ft = "–" if unsup else (_delta(res, r.label, "pre-trained", sc.task) or "–")
-            ot = (_score_delta(res, r.label, "pre-trained", others) or "–") + (" (all tasks)" if unsup else "")
-            vr = "" if r.label == base else (_score_delta(res, r.label, base, others) or "–") + \
+            ft = "–" if unsup else _delta(res, r.label, "pre-trained", sc.task)
+            ot = _score_delta(res, r.label, "pre-trained", others) + (" (all tasks)" if unsup else "")
+            vr = "" if r.label == base else _score_delta(res, r.label, base, others) + \
                 (" (vs continued)" if unsup else "")
             what = f"{sc.name} (continued pre-training: {', '.join(sc.languages)})" if unsup else f"{sc.name} ({sc.task})"
             lines.append(f"| {what} | {r.method} | {ft} | {ot} | {vr} |")
     mt = [r for r in plan.rows if r.scenario == "multitask"]
     if mt:
         for r in mt:
-            lines.append(f"| multitask | {r.method} | | {_score_delta(res, r.label, 'pre-trained', tasks) or '–'} (all tasks) | |")
+            lines.append(f"| multitask | {r.method} | | {_score_delta(res, r.label, 'pre-trained', tasks)} (all tasks) | |")
     return lines
 
 
@@ -114,14 +104,6 @@ def _block_seeds(cfg) -> str:
     if cfg.multitask and cfg.multitask.scenarios:
         blocks.append(("multitask", cfg.seeds_of(cfg.multitask)))
     return "".join(f", {n} for {name}" for name, n in blocks if n != cfg.ft_seeds)
-
-
-def _signed(res: Results, d, task: str) -> str:
-    """A metric difference in points, positive = better, with its interval and (n.s.)."""
-    if d is None:
-        return "–"
-    v = d.scaled(100.0 if res.meta(task)[1] else -100.0)
-    return f"{v.mean:+.1f} [{v.lo:+.1f}, {v.hi:+.1f}]" + ("" if v.excludes_zero else " (n.s.)")
 
 
 def continual_section(records: Sequence[dict], plan, sc, tasks: Sequence[str], out: Path) -> list[str]:
@@ -169,7 +151,7 @@ def continual_section(records: Sequence[dict], plan, sc, tasks: Sequence[str], o
     for m in methods:
         if (m, last) not in by:
             continue
-        cells = [_signed(res, res.difference(by[(m, last)], by[(m, i)], order[i - 1]), order[i - 1])
+        cells = [_delta(res, by[(m, last)], by[(m, i)], order[i - 1])
                  if (m, i) in by else "–" for i in range(1, last)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     png = plot_forgetting(res, order, methods, by, plan.dirs[sc.name] / "forgetting.png")
