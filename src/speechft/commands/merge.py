@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import DEFAULT_MODEL, check_models, split_csv, user_errors
+from ._common import DEFAULT_MODEL, PRETRAINED_HELP, check_models, split_csv, user_errors
 
 
 def parse_floats(value: Optional[str], what: str) -> Optional[list[float]]:
@@ -19,8 +19,7 @@ def parse_floats(value: Optional[str], what: str) -> Optional[list[float]]:
 
 
 def command(
-    pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help="θ₀: a model folder, speechft-tiny, "
-                                   "speechft-tiny-v1, speechft-tiny-random or a hub id."),
+    pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help=PRETRAINED_HELP),
     finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′: model folders or fine-tuning run folders "
                                         "(their encoder/); repeat, or list several after it."),
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),

@@ -6,14 +6,13 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (DEFAULT_MODEL, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_COLUMNS_HELP, TASK_METRIC_HELP, TASK_NAME_HELP,
+from ._common import (DEFAULT_MODEL, PRETRAINED_HELP, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_COLUMNS_HELP, TASK_METRIC_HELP, TASK_NAME_HELP,
                       TASK_TYPE_HELP, check_models, device_option, get_task, split_csv, user_errors, user_task_from_options)
 from .merge import parse_floats, resolve_alpha
 
 
 def command(
-    pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help="θ₀: a model folder, speechft-tiny, "
-                                   "speechft-tiny-v1, speechft-tiny-random or a hub id."),
+    pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help=PRETRAINED_HELP),
     finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′: model folders or fine-tuning run folders "
                                         "(their encoder/); repeat, or list several after it."),
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),
