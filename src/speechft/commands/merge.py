@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import DEFAULT_MODEL, PRETRAINED_HELP, check_models, split_csv, user_errors
+from ._common import DEFAULT_MODEL, FINETUNED_HELP, PRETRAINED_HELP, check_models, split_csv, user_errors
 
 
 def parse_floats(value: Optional[str], what: str) -> Optional[list[float]]:
@@ -20,8 +20,7 @@ def parse_floats(value: Optional[str], what: str) -> Optional[list[float]]:
 
 def command(
     pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help=PRETRAINED_HELP),
-    finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′: model folders or fine-tuning run folders "
-                                        "(their encoder/); repeat, or list several after it."),
+    finetuned: List[str] = typer.Option(..., "--finetuned", help=FINETUNED_HELP),
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),
     out: Path = typer.Option(..., "--out", help="Output HF directory (written atomically)."),
     alpha: str = typer.Option("0.25", "--alpha", help="Interpolation weight α (0 = θ₀, 1 = θ′), or auto[:RULE[:VALUE]]: "

@@ -6,15 +6,14 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (DEFAULT_MODEL, PRETRAINED_HELP, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_COLUMNS_HELP, TASK_METRIC_HELP, TASK_NAME_HELP,
+from ._common import (DEFAULT_MODEL, FINETUNED_HELP, PRETRAINED_HELP, TARGET_FIELD_HELP, TASK_MANIFESTS_HELP, TASK_COLUMNS_HELP, TASK_METRIC_HELP, TASK_NAME_HELP,
                       TASK_TYPE_HELP, check_models, device_option, get_task, split_csv, user_errors, user_task_from_options)
 from .merge import parse_floats, resolve_alpha
 
 
 def command(
     pretrained: str = typer.Option(DEFAULT_MODEL, "--pretrained", help=PRETRAINED_HELP),
-    finetuned: List[str] = typer.Option(..., "--finetuned", help="θ′: model folders or fine-tuning run folders "
-                                        "(their encoder/); repeat, or list several after it."),
+    finetuned: List[str] = typer.Option(..., "--finetuned", help=FINETUNED_HELP),
     more: Optional[List[str]] = typer.Argument(None, help="Further fine-tuned models.", show_default=False),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated probe tasks (see 'speechft probe "
                                         "--list'); required unless --task-manifests gives your own task."),
