@@ -178,3 +178,72 @@ def test_held_out_rule_probes_the_held_out_task_at_every_alpha(ft_run, tiny_mode
     choice = choose_alpha(str(tiny_model_dir), ft_run, "auto:held-out:0.5", grid=(0.0, 1.0), limit=8)
     assert choice.rule == "held-out" and choice.metric == "lite-sid accuracy" and set(choice.curve) == {0.0, 1.0}
     assert all(0.0 <= v <= 1.0 for v in choice.curve.values()) and choice.alpha in (0.0, 1.0)
+
+
+# -- per-layer α from each layer's drift (auto:drift) -----------------------------------------------------------
+def test_drift_rule_caps_every_layers_drift_at_the_budget_times_the_mean_drift():
+    from speechft.merge.auto import alphas_from_drift
+
+    assert alphas_from_drift({"layer1": 0.2, "layer2": 0.2, "proj": 0.2}, 0.25) == pytest.approx(
+        {"layer1": 0.25, "layer2": 0.25, "proj": 0.25})  # equal drifts: the uniform merge
+    got = alphas_from_drift({"layer1": 0.1, "layer2": 0.2, "layer3": 0.3, "cnn": 0.0}, 0.25)
+    assert got == pytest.approx({"layer1": 0.5, "layer2": 0.25, "layer3": 0.05 / 0.3})  # d̄ = 0.2, cap 0.05
+    assert "cnn" not in got  # did not move: any α gives θ₀ there
+    assert alphas_from_drift({"layer1": 0.01, "layer2": 1.0}, 0.5)["layer1"] == 1.0  # α never exceeds 1
+    assert alphas_from_drift({"cnn": 0.0}, 0.25) == {}
+
+
+def _drifted_copy(src, out, scales: dict):
+    """A copy of the model dir ``src`` whose parameters of layer group g are θ₀·(1 + scales[g])."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from speechft.merge.keys import layer_group
+
+    shutil.copytree(src, out)
+    w = load_file(str(out / "model.safetensors"))
+    save_file({k: v * (1 + scales.get(layer_group(k), 0.0)) for k, v in w.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out
+
+
+def test_merge_alpha_auto_drift_pulls_each_layer_back_to_the_same_drift(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from speechft.cli import app
+    from speechft.merge.keys import layer_group
+
+    ft = _drifted_copy(tiny_model_dir, tmp_path / "ft", {"layer1": 0.3, "layer2": 0.1})  # d̄ = 0.2
+    res = CliRunner().invoke(app, ["merge", "--pretrained", str(tiny_model_dir), "--finetuned", str(ft),
+                                   "--alpha", "auto:drift:0.25", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "m" / "speechft_card.json").read_text())
+    assert card["layer_alphas"] == pytest.approx({"layer1": 0.05 / 0.3, "layer2": 0.5}, abs=1e-4)
+    drift = card["alpha_auto"]["drift"]  # every group's drift, 0 for those that did not move
+    assert {g: d for g, d in drift.items() if d > 0} == pytest.approx({"layer1": 0.3, "layer2": 0.1}, abs=1e-5)
+    assert {"cnn", "proj"} <= set(drift) and drift["cnn"] == 0.0
+    w0, got = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(tmp_path / "m" / "model.safetensors"))
+    for k, v in w0.items():
+        want = 1.05 if layer_group(k) in ("layer1", "layer2") else 1.0  # each moved layer keeps drift 0.25·d̄ = 0.05
+        assert torch.allclose(got[k], v * want, atol=1e-6), k
+
+
+def test_layer_alphas_are_checked_and_a_per_layer_rule_is_not_a_sweep_point(tiny_model_dir, tmp_path):
+    from speechft.cli import app
+    from speechft.merge import merge_models
+
+    ft = _drifted_copy(tiny_model_dir, tmp_path / "ft", {"layer1": 0.1})
+    with pytest.raises(ValueError, match="layer9 is not a layer group"):
+        merge_models(str(tiny_model_dir), [str(ft)], tmp_path / "m", layer_alphas={"layer9": 0.5})
+    assert not (tmp_path / "m").exists()
+    res = CliRunner().invoke(app, ["sweep", "--pretrained", str(tiny_model_dir), "--finetuned", str(ft),
+                                   "--alphas", "0,auto:drift", "--tasks", "lite-ks", "--quick", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "α per layer" in res.output and "speechft merge --alpha auto:drift" in res.output
+
+
+def test_layer_alphas_are_shown_in_layer_order():
+    from speechft.report.markdown import layer_alpha_text
+
+    assert layer_alpha_text({"layer10": 0.25, "other": 1.0, "layer2": 0.5, "proj": 1.0}) == \
+        "proj 1, layer2 0.5, layer10 0.25, other 1"

@@ -225,6 +225,23 @@ def test_alpha_choice_plan_probes_the_grid_on_every_task_and_runs_each_rule_on_s
     assert "a: finetune-stable ft0" in job.deps and job.kwargs["grid"] == [0.0, 0.1, 0.25, 0.5, 1.0]
 
 
+def test_a_per_layer_rule_is_merged_on_its_own_and_probed_on_every_task(tmp_path):
+    from speechft.study_config import AlphaChoice
+
+    cfg = StudyConfig(scenarios=(Scenario("a", "lite-ks"),), tasks=("lite-ks", "lite-style"),
+                      alpha_choice=AlphaChoice(rules=("cka", "drift:0.5"), grid=(0.0, 0.5, 1.0)))
+    plan = plan_study(cfg, tmp_path, ["lite-ks", "lite-style"])
+    by = {j.name: j for j in plan.jobs}
+    assert plan.alpha_rules["a"] == {"cka": "a: alpha auto:cka ft0", "drift:0.5": "a: merge auto:drift:0.5 ft0"}
+    assert plan.alpha_models["a"] == {"drift:0.5": "a / auto:drift:0.5 / ft0"}
+    job = by["a: merge auto:drift:0.5 ft0"]
+    assert job.kwargs["spec"] == "auto:drift:0.5" and job.kwargs["run_dir"].endswith("finetune/stable-ft0")
+    assert job.kwargs["out"].endswith("models/auto/drift-0.5") and "a: finetune-stable ft0" in job.deps
+    for task in ("lite-ks", "lite-style"):
+        assert "a: merge auto:drift:0.5 ft0" in by[f"probe a / auto:drift:0.5 / ft0 / {task}"].deps
+    assert "a / auto:drift:0.5" not in [r.label for r in plan.rows if r.in_table]
+
+
 @pytest.mark.parametrize("block, message", [
     ("{rules: [ft-dv]}", "did you mean ft-dev"),
     ("{grid: [0.0, 0.5]}", "including 0 and 1"),
@@ -261,14 +278,17 @@ def test_tiny_alpha_choice_study_end_to_end(tmp_path, lite_quick):
     theta0 = tmp_path / "theta0"
     save_encoder(make_tiny_encoder(), theta0)
     cfg = StudyConfig(model=str(theta0), tasks=("lite-ks", "lite-style"), scenarios=(Scenario("a", "lite-ks"),),
-                      alpha_choice=AlphaChoice(grid=(0.0, 0.5, 1.0), limit=6), ft_seeds=1, probe_seeds=2, ft_steps=4,
+                      alpha_choice=AlphaChoice(rules=("ft-dev", "cka", "drift"), grid=(0.0, 0.5, 1.0), limit=6),
+                      ft_seeds=1, probe_seeds=2, ft_steps=4,
                       ft_batch_seconds=6.0, size="quick", probe_epochs=1, sweep_alphas=(0.0, 1.0))
     out = tmp_path / "study"
     text = study(cfg, out, workers=1).read_text()
     for section in ("## Choosing α automatically", "| a (lite-ks) | fixed α=0.25 | – |", "| a (lite-ks) | auto:ft-dev |",
                     "| a (lite-ks) | auto:cka |", "| a (lite-ks) | oracle (best on test) |", "### Cost",
-                    "| a | auto:ft-dev |"):
+                    "| a | auto:ft-dev |", "| a (lite-ks) | auto:drift | "):
         assert section in text, section
+    drift_row = next(x for x in text.splitlines() if x.startswith("| a (lite-ks) | auto:drift | "))
+    assert "per layer" in drift_row and drift_row.count("| – ") < 3  # its own probed model, with results
     done = {r["stage"]: r for r in read_jsonl(out / "stages.jsonl") if r["status"] == "done"}
     choice = done["a: alpha auto:cka ft0"]["result"]
     assert choice["alpha_on_grid"] in (0.0, 0.5, 1.0) and set(choice["curve"]) >= {"0", "0.1", "0.5", "1"}

@@ -161,8 +161,8 @@ def _merge_auto(model: str, run_dir: str, spec: str, out: str) -> dict:
 
     choice = choose_alpha(model, run_dir, spec, device=_device())
     merge_models(model, [str(Path(run_dir) / "encoder")], out, alpha=choice.alpha, overwrite=True, progress=False,
-                 card_extra={"alpha_auto": choice.to_json()})
-    return {"alpha": choice.alpha, "rule": choice.rule, "value": choice.value, "seconds": round(choice.seconds, 2),
+                 card_extra={"alpha_auto": choice.to_json()}, layer_alphas=choice.layer_alphas)
+    return {**choice.to_json(), "seconds": round(choice.seconds, 2),
             "digest": dir_digest(out)}
 
 

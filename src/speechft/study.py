@@ -22,6 +22,7 @@ from typing import Optional
 
 from . import pipeline as P
 from .finetune.recipes import cnn_frozen, get_recipe
+from .merge.auto import parse_rule
 from .study_config import StudyConfig
 from .utils.io import atomic_write_text, check_writable
 from .utils.jobs import Job, Stages, default_workers, run_jobs
@@ -58,6 +59,7 @@ class StudyPlan:
     dirs: dict = field(default_factory=dict)  # scenario -> its folder (fine-tunings, models, sweep, analysis)
     alpha_grid: dict = field(default_factory=dict)  # scenario -> {α: record name} probed on every task (alpha_choice)
     alpha_rules: dict = field(default_factory=dict)  # scenario -> {rule: name of the job that chose α by it}
+    alpha_models: dict = field(default_factory=dict)  # scenario -> {per-layer rule: record name of its merge}
 
 
 def _name(scenario: str, method: str, seed: int) -> str:
@@ -66,7 +68,12 @@ def _name(scenario: str, method: str, seed: int) -> str:
 
 def scenario_dir(out: Path, scenario: str) -> Path:
     """``OUT/scenarios/<scenario name as a file name>``."""
-    return Path(out) / "scenarios" / "".join(c if c.isalnum() or c in "-_." else "-" for c in scenario).strip("-")
+    return Path(out) / "scenarios" / file_name(scenario)
+
+
+def file_name(text: str) -> str:
+    """``text`` as a file name: characters other than letters, digits and ``-_.`` become ``-``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
 
 
 def unlabelled_dir(languages, hours: float, seed: int = 0) -> Path:
@@ -344,11 +351,27 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
         if grid:
             plan.alpha_grid[sc.name] = {a: sweep[a] for a in grid}
             plan.alpha_rules[sc.name] = {}
+            plan.alpha_models[sc.name] = {}
             for rule in cfg.alpha_choice.rules:
-                job = f"{sc.name}: alpha auto:{rule} ft0"
-                plan.jobs.append(Job(job, _choose_alpha, dict(model=cfg.model, run_dir=str(root / "finetune" / "stable-ft0"),
-                                                              spec=f"auto:{rule}", grid=grid, limit=cfg.alpha_choice.limit),
-                                     deps=("prepare", f"{sc.name}: finetune-stable ft0"), inputs=theta0, cost=40))
+                run_dir = str(root / "finetune" / "stable-ft0")
+                if parse_rule(f"auto:{rule}")[0].per_layer:  # its model is not on the grid: merge it, probe it on every task
+                    job = f"{sc.name}: merge auto:{rule} ft0"
+                    mdir = root / "models" / "auto" / file_name(rule)
+                    plan.jobs.append(Job(job, P._merge_auto, dict(model=cfg.model, run_dir=run_dir, spec=f"auto:{rule}",
+                                                                  out=str(mdir)),
+                                         deps=(f"{sc.name}: finetune-stable ft0",), outputs=(mdir / "config.json",),
+                                         inputs=theta0, owns=(mdir,), cost=2))
+                    name = _name(sc.name, f"auto:{rule}", 0)
+                    rows[f"auto {rule}"] = StudyRow(sc.name, f"auto:{rule}", P.ROLE_SWEEP, ((name, str(mdir)),),
+                                                    in_table=False, probe_tasks=tuple(tasks))
+                    made_by[name] = job
+                    shared_cnn.add(name)
+                    plan.alpha_models[sc.name][rule] = name
+                else:
+                    job = f"{sc.name}: alpha auto:{rule} ft0"
+                    plan.jobs.append(Job(job, _choose_alpha, dict(model=cfg.model, run_dir=run_dir, spec=f"auto:{rule}",
+                                                                  grid=grid, limit=cfg.alpha_choice.limit),
+                                         deps=("prepare", f"{sc.name}: finetune-stable ft0"), inputs=theta0, cost=40))
                 plan.alpha_rules[sc.name][rule] = job
         plan.rows += list(rows.values())
         analyzed = [(P.PRETRAINED, cfg.model), rows["regular"].models[0], rows["stable"].models[0],

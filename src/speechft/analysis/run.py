@@ -14,13 +14,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..merge.keys import layer_group
 from ..utils.io import check_not_input, read_jsonl, rewrite_jsonl
 from ..utils.plots import integer_xticks, plain_yticks, save_figure
 from .similarity import R2, LinearCKA, MeanCosine
@@ -37,17 +37,6 @@ def interpolate(sd0: dict, sd1: dict, alpha: float) -> dict:
     p = MergeParams(alpha=alpha)
     return {k: (linear(v0, [sd1[k]], p).to(v0.dtype) if torch.is_floating_point(v0) else v0.clone())
             for k, v0 in sd0.items()}
-
-
-def layer_group(key: str) -> str:
-    """Map a parameter name to a coarse layer group for distance plots."""
-    m = re.search(r"encoder\.layers\.(\d+)\.", key)
-    if m:
-        return f"layer{int(m.group(1)) + 1}"
-    for name in ("feature_extractor", "feature_projection", "pos_conv_embed", "masked_spec_embed"):
-        if name in key:
-            return {"feature_extractor": "cnn", "feature_projection": "proj"}.get(name, name)
-    return "other"
 
 
 def weight_distances(sd0: dict, sd1: dict) -> list[dict]:

@@ -84,7 +84,7 @@ def command(
 def sweep_alphas(alphas: str, pretrained: str, sources: list, method: str, limit: int, out: Path) -> list:
     """The α of ``--alphas``: numbers as given, each ``auto…`` entry replaced by the α its rule picks (its
     choice, curve and cost appended to OUT/alpha_auto.jsonl)."""
-    from ..merge.auto import is_auto
+    from ..merge.auto import is_auto, parse_rule
     from ..utils.io import append_jsonl
 
     values = []
@@ -92,6 +92,9 @@ def sweep_alphas(alphas: str, pretrained: str, sources: list, method: str, limit
         if not is_auto(entry):
             values += parse_floats(entry, "--alphas")
             continue
+        if parse_rule(entry.strip())[0].per_layer:
+            raise ValueError(f"--alphas {entry}: this rule chooses an α per layer, not a point of the sweep; "
+                             f"use it with `speechft merge --alpha {entry}`")
         value, card = resolve_alpha(entry, pretrained, sources, method, limit)
         Path(out).mkdir(parents=True, exist_ok=True)
         append_jsonl(Path(out) / "alpha_auto.jsonl", {"spec": entry, **card["alpha_auto"]})

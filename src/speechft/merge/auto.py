@@ -11,9 +11,15 @@ trained) and picks α from it; the rules form an explicit registry (``auto:RULE[
     ft-dev[:R]   the fine-tuning task's dev metric through the run's own head on the interpolated
                  encoders θ̂(α) = (1-α)θ₀ + αθ′; the smallest α that keeps at least R (default 0.9) of
                  the dev gain that α = 1 has over α = 0. Uses the task's dev labels.
+    drift[:A]    per-layer α from the weights alone: each layer group's relative drift
+                 d_l = ‖θ′_l − θ₀_l‖/‖θ₀_l‖, and α_l = min(1, A·d̄/d_l) with d̄ the mean drift of the groups
+                 that moved (default A = 0.25). No group keeps more drift than A·d̄, what a uniform α = A
+                 merge keeps on average: the layers that drifted most are pulled back most, the others
+                 keep more of their change. Uses no audio and no labels.
 
-All evaluate the same grid (default 0, 0.1, …, 1) on at most ``limit`` dev utterances (evenly spread,
-:func:`speechft.probe.runner.subsample`).
+The first three evaluate the same grid (default 0, 0.1, …, 1) on at most ``limit`` dev utterances
+(evenly spread, :func:`speechft.probe.runner.subsample`) and choose one α; ``drift`` chooses an α per
+layer group (``AutoChoice.layer_alphas``, merged through ``MergeParams.layer_alphas``).
 The selection functions are pure (a curve in, an α out) and tested on curves whose answer is known;
 the curve functions run the models. Which rule ``auto`` means is set by :data:`DEFAULT_RULE`.
 """
@@ -37,8 +43,9 @@ GRID = tuple(round(0.1 * i, 1) for i in range(11))
 @dataclass(frozen=True)
 class AutoRule:
     name: str
-    default: float  # the rule's parameter (R or C) when none is given
+    default: float  # the rule's parameter (R, C, D or A) when none is given
     description: str
+    per_layer: bool = False  # chooses an α per layer group, not one α on a grid
 
 
 RULES = by_name([
@@ -47,6 +54,8 @@ RULES = by_name([
     AutoRule("cka", 0.9, "largest α whose mean linear CKA to θ₀ on the task's dev audio stays at least this"),
     AutoRule("held-out", 0.02, "largest α whose few-shot dev probe on a held-out task loses at most this "
                                "relative share of α = 0's metric"),
+    AutoRule("drift", 0.25, "per-layer α = min(1, A·mean drift / the layer's drift): no layer keeps more drift than "
+                            "a uniform α = A merge keeps on average", per_layer=True),
 ], "α rule")
 # held-out: the task whose few-shot dev probe guards what fine-tuning on a task may erode. Speaker identity
 # for every task but speaker ones (what content fine-tuning erodes most in the study), keywords for those.
@@ -57,7 +66,9 @@ DEFAULT_RULE = "cka"  # measured best of the rules on the study's scenarios (doc
 
 @dataclass(frozen=True)
 class AutoChoice:
-    """The chosen α, the rule and parameter that chose it, the signal per α, and its cost."""
+    """The chosen α, the rule and parameter that chose it, the signal per α, and its cost. A per-layer
+    rule fills ``layer_alphas`` ({layer group: α}) and ``drift`` ({layer group: d_l}) instead of
+    ``curve``; ``alpha`` is then the α of groups it does not list (those that did not move)."""
     alpha: float
     rule: str
     value: float  # the rule's parameter
@@ -65,15 +76,23 @@ class AutoChoice:
     higher_is_better: bool = True
     metric: str = ""
     seconds: float = 0.0
+    layer_alphas: Optional[dict] = None  # per-layer rules: layer group -> α
+    drift: Optional[dict] = None  # per-layer rules: layer group -> relative drift of θ′ from θ₀
 
     def on(self, grid: Sequence[float]) -> float:
         """The rule's choice among the α of ``grid`` only (the curve restricted to them; it must hold them)."""
+        if self.layer_alphas is not None:
+            raise ValueError(f"auto:{self.rule} chooses an α per layer, not one α on a grid")
         return select(self.rule, {a: self.curve[float(a)] for a in grid}, self.higher_is_better, self.value)
 
     def to_json(self) -> dict:
-        return {"alpha": self.alpha, "rule": self.rule, "value": self.value, "metric": self.metric,
-                "higher_is_better": self.higher_is_better, "seconds": round(self.seconds, 2),
-                "curve": {f"{a:g}": v for a, v in sorted(self.curve.items())}}
+        out = {"alpha": self.alpha, "rule": self.rule, "value": self.value, "metric": self.metric,
+               "higher_is_better": self.higher_is_better, "seconds": round(self.seconds, 2),
+               "curve": {f"{a:g}": v for a, v in sorted(self.curve.items())}}
+        if self.layer_alphas is not None:
+            out["layer_alphas"] = {g: round(a, 4) for g, a in sorted(self.layer_alphas.items())}
+            out["drift"] = {g: round(d, 6) for g, d in sorted((self.drift or {}).items())}
+        return out
 
 
 def parse_rule(spec: str) -> tuple[AutoRule, float]:
@@ -138,6 +157,17 @@ def choose_by_similarity(curve: dict, threshold: float) -> float:
     """The largest α whose similarity to θ₀ is at least ``threshold`` (α = 0 always qualifies)."""
     ok = [a for a, s in curve.items() if a == 0.0 or s >= threshold]
     return max(ok)
+
+
+def alphas_from_drift(drift: dict, budget: float) -> dict:
+    """Per-layer α from each layer group's relative drift ``drift`` ({group: d_l}): α_l = min(1, A·d̄/d_l),
+    A = ``budget``, d̄ the mean drift of the groups that moved (d_l > 0). Groups that did not move are left
+    out (any α gives θ₀ there). Equal drifts give α_l = A everywhere: the uniform merge."""
+    moved = {g: float(d) for g, d in drift.items() if d > 0 and d == d}
+    if not moved:
+        return {}
+    mean = sum(moved.values()) / len(moved)
+    return {g: min(1.0, budget * mean / d) for g, d in moved.items()}
 
 
 # -- signals (run the models) --------------------------------------------------------------------------
@@ -246,15 +276,31 @@ def run_folder(ref: str | Path) -> Path:
     return p.parent if p.name == "encoder" and (p.parent / "head").is_dir() else p
 
 
+def drift_choice(pretrained: str, finetuned: str | Path, budget: float) -> AutoChoice:
+    """The ``drift`` rule: per-layer α from the relative weight drift of ``finetuned`` from ``pretrained``."""
+    from ..analysis.run import weight_distances
+
+    t0 = time.perf_counter()
+    _, sd0, sd1 = _endpoints(pretrained, finetuned)
+    drift = {r["group"]: r["relative"] for r in weight_distances(sd0, sd1)}
+    layer = alphas_from_drift(drift, budget)
+    log.info("drift: %s", ", ".join(f"{g} d={drift[g]:.4g} α={a:.3f}" for g, a in sorted(layer.items())))
+    return AutoChoice(budget, "drift", budget, {}, True, "relative drift", time.perf_counter() - t0,
+                      layer_alphas=layer, drift={g: d for g, d in drift.items() if d == d})
+
+
 def choose_alpha(pretrained: str, run_dir: str | Path, spec: str = "auto", grid: Sequence[float] = GRID,
                  limit: Optional[int] = 200, device: str = "cpu") -> AutoChoice:
-    """α for the fine-tuning run ``run_dir`` (a ``speechft finetune`` output folder) by rule ``spec``."""
+    """α for the fine-tuning run ``run_dir`` (a ``speechft finetune`` output folder) by rule ``spec``.
+    ``drift`` needs only the run's encoder (``run_dir/encoder``, or ``run_dir`` itself if it is a model)."""
     run_dir = Path(run_dir)
+    rule, value = parse_rule(spec)
+    if rule.name == "drift":
+        return drift_choice(pretrained, run_dir / "encoder" if (run_dir / "encoder").is_dir() else run_dir, value)
     for need in ("encoder/config.json", "head", "config.yaml"):
         if not (run_dir / need).exists():
             raise FileNotFoundError(f"{run_dir}: --alpha auto needs a fine-tuning run folder (no {need}); "
                                     f"pass the folder `speechft finetune --out` wrote")
-    rule, value = parse_rule(spec)
     grid = sorted({float(a) for a in grid} | {0.0, 1.0})
     t0 = time.perf_counter()
     if rule.name == "ft-dev":
@@ -277,5 +323,7 @@ def select(rule: str, curve: dict, higher_is_better: bool, value: float) -> floa
         return choose_by_gain(curve, higher_is_better, value)
     if rule == "held-out":
         return choose_by_drop(curve, higher_is_better, value)
-    return choose_by_similarity(curve, value)
+    if rule == "cka":
+        return choose_by_similarity(curve, value)
+    raise ValueError(f"auto:{rule} chooses an α per layer, not one α from a curve")
 

@@ -11,6 +11,8 @@ matched to a bare encoder (``encoder...``) by removing the base-model prefix.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -45,6 +47,19 @@ ARCH_FIELDS = (
 )
 EXCLUDED_POLICIES = ("keep", "drop")
 _SHOW = 8  # offending keys listed per category
+
+
+def layer_group(key: str) -> str:
+    """The coarse layer group of a parameter name: ``cnn``, ``proj``, ``pos_conv_embed``,
+    ``masked_spec_embed``, ``layer1`` … ``layerN`` (transformer blocks, 1-based) or ``other``. Distance
+    plots and per-layer α (``MergeParams.layer_alphas``) speak of layers in these names."""
+    m = re.search(r"encoder\.layers\.(\d+)\.", key)
+    if m:
+        return f"layer{int(m.group(1)) + 1}"
+    for name in ("feature_extractor", "feature_projection", "pos_conv_embed", "masked_spec_embed"):
+        if name in key:
+            return {"feature_extractor": "cnn", "feature_projection": "proj"}.get(name, name)
+    return "other"
 
 
 def excluded_reason(key: str) -> Optional[str]:

@@ -28,8 +28,9 @@ from .. import __version__
 from ..models.io import CARD_FILE, render_card, resolve_model_dir
 from ..utils.io import atomic_dir, check_not_input, check_writable
 from ..utils.jobs import intra_op_threads
-from .keys import KeyPlan, check_architectures, plan_keys
-from .methods import COMPUTE_DTYPE, MergeMethod, MergeParams, check_params, describe, exact_input, get_method, task_sum
+from .keys import KeyPlan, check_architectures, layer_group, plan_keys
+from .methods import (COMPUTE_DTYPE, MergeMethod, MergeParams, check_params, describe, exact_input, get_method,
+                      layer_alpha_pairs, task_sum)
 from .stream import SINGLE_FILE, ST_DTYPES, TORCH_TO_ST, SafetensorsDir, StreamingSafetensorsWriter, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ def merge_tensor(method: MergeMethod, params: MergeParams, key: str, base: torch
     blocks of :data:`BLOCK` elements: the float64 temporaries stay a few MiB whatever the tensor size.
     Random methods draw block j's masks from a generator seeded by (seed, key, j). ``linear`` and
     ``task_arithmetic`` go through :func:`merge_tensors` (same values as their ``fn``, fewer passes).
+    Per-layer α (``params.layer_alphas``) is resolved for ``key`` first.
     """
+    params = params.at(key)
     if method.task_coeffs is not None:
         out = next(merge_tensors(method, [params], key, base, tuned, out_dtype))
         shared = out.numel() and any(out.data_ptr() == t.data_ptr() for t in (base, *tuned))
@@ -95,8 +98,9 @@ def merge_tensors(method: MergeMethod, params_list: Sequence[MergeParams], key: 
     conversion. With ``math`` (a :class:`MathPool`), a large tensor's blocks are shared out between
     threads. Otherwise the α-independent statistics (TIES thresholds) are computed once. The values are
     those of separate calls, bit for bit; a result may share memory with an input (α=0 gives θ₀
-    itself): write it, do not modify it.
+    itself): write it, do not modify it. Per-layer α (``layer_alphas``) is resolved for ``key`` first.
     """
+    params_list = [p.at(key) for p in params_list]
     if method.task_coeffs is None:
         stats = method.prepare(base, tuned, params_list[0]) if method.prepare else None
         for params in params_list:
@@ -321,25 +325,34 @@ def _prepare(pretrained, finetuned, method, params: MergeParams, excluded: str, 
 def merge_models(pretrained: str, finetuned: Sequence[str], out_dir: str | Path, *, method: str = "linear",
                  alpha: float = 0.25, weights: Optional[Sequence[float]] = None, density: float = 0.5,
                  seed: int = 0, majority_sign: str = "total", dtype: str = "source", excluded: str = "keep",
-                 overwrite: bool = False, card_extra: Optional[dict] = None, progress: bool = True) -> Path:
-    """Merge θ₀ (``pretrained``) with θ′₁…θ′ₙ into ``out_dir`` (an HF dir); see docs/merge.md."""
+                 overwrite: bool = False, card_extra: Optional[dict] = None, progress: bool = True,
+                 layer_alphas: Optional[dict] = None) -> Path:
+    """Merge θ₀ (``pretrained``) with θ′₁…θ′ₙ into ``out_dir`` (an HF dir); see docs/merge.md.
+    ``layer_alphas``: {layer group: α} for per-layer α (groups not listed take ``alpha``)."""
     return merge_alphas(pretrained, finetuned, [alpha], [out_dir], method=method, weights=weights, density=density,
                         seed=seed, majority_sign=majority_sign, dtype=dtype, excluded=excluded, overwrite=overwrite,
-                        card_extra=card_extra, progress=progress)[0]
+                        card_extra=card_extra, progress=progress, layer_alphas=layer_alphas)[0]
 
 
 def merge_alphas(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float], out_dirs: Sequence[str | Path],
                  *, method: str = "linear", weights: Optional[Sequence[float]] = None, density: float = 0.5,
                  seed: int = 0, majority_sign: str = "total", dtype: str = "source", excluded: str = "keep",
-                 overwrite: bool = False, card_extra: Optional[dict] = None, progress: bool = True) -> list[Path]:
-    """Several α in one pass over the inputs: ``out_dirs[i]`` gets α = ``alphas[i]``."""
+                 overwrite: bool = False, card_extra: Optional[dict] = None, progress: bool = True,
+                 layer_alphas: Optional[dict] = None) -> list[Path]:
+    """Several α in one pass over the inputs: ``out_dirs[i]`` gets α = ``alphas[i]``. ``layer_alphas``
+    ({layer group: α}, :func:`.keys.layer_group` names) overrides α for those groups in every output;
+    a group the models do not have is refused."""
     if len(alphas) != len(out_dirs) or not alphas:
         raise ValueError(f"{len(alphas)} alphas but {len(out_dirs)} output directories")
     finetuned = list(finetuned)
     w = tuple(float(x) for x in weights) if weights is not None else None
-    params_list = [MergeParams(alpha=float(a), weights=w, density=density, seed=seed, majority_sign=majority_sign)
-                   for a in alphas]
+    params_list = [MergeParams(alpha=float(a), weights=w, density=density, seed=seed, majority_sign=majority_sign,
+                               layer_alphas=layer_alpha_pairs(layer_alphas)) for a in alphas]
     m, sources, plan = _prepare(pretrained, finetuned, method, params_list[0], excluded, dtype)
+    unknown = sorted(set(layer_alphas or ()) - {layer_group(c) for c in plan.merged})
+    if unknown:
+        raise ValueError(f"per-layer alpha: {', '.join(unknown)} is not a layer group of {pretrained} (its groups: "
+                         f"{', '.join(sorted({layer_group(c) for c in plan.merged}))})")
     for p in params_list[1:]:
         check_params(m, p, len(finetuned))
     out_dirs = [Path(d) for d in out_dirs]

@@ -21,12 +21,13 @@ convert to the output dtype as the result is stored (``torch.add(θ₀, Σ, alph
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from ..utils.names import by_name, lookup
+from .keys import layer_group
 
 Tensor = torch.Tensor
 COMPUTE_DTYPE = torch.float64
@@ -35,16 +36,33 @@ SIGN_RULES = ("total", "frequency")
 
 @dataclass(frozen=True)
 class MergeParams:
-    """Options of a merge. ``weights=None`` means every fine-tuned model weighs 1."""
+    """Options of a merge. ``weights=None`` means every fine-tuned model weighs 1.
+
+    ``layer_alphas``: α per layer group (:func:`.keys.layer_group` names: ``layer1``, ``proj``, …) as
+    sorted ``(group, α)`` pairs; a parameter of a group not listed takes ``alpha``. Methods read one α:
+    the merge resolves it per parameter with :meth:`at`.
+    """
 
     alpha: float = 0.25
     weights: Optional[tuple[float, ...]] = None
     density: float = 0.5
     seed: int = 0
     majority_sign: str = "total"
+    layer_alphas: Optional[tuple[tuple[str, float], ...]] = None
 
     def model_weights(self, n: int) -> list[float]:
         return [1.0] * n if self.weights is None else [float(w) for w in self.weights]
+
+    def at(self, key: str) -> "MergeParams":
+        """These options for the parameter ``key`` (canonical name): ``alpha`` is its layer group's α."""
+        if self.layer_alphas is None:
+            return self
+        return replace(self, alpha=float(dict(self.layer_alphas).get(layer_group(key), self.alpha)), layer_alphas=None)
+
+
+def layer_alpha_pairs(layer_alphas: Optional[dict]) -> Optional[tuple[tuple[str, float], ...]]:
+    """``{group: α}`` as the sorted pairs of :attr:`MergeParams.layer_alphas` (None stays None)."""
+    return None if layer_alphas is None else tuple(sorted((str(g), float(a)) for g, a in layer_alphas.items()))
 
 
 @dataclass(frozen=True)
@@ -237,6 +255,9 @@ def check_params(method: MergeMethod, p: MergeParams, n_models: int) -> None:
         raise ValueError("merging needs at least one fine-tuned model")
     if not math.isfinite(p.alpha):
         raise ValueError(f"alpha must be a finite number, got {p.alpha}")
+    bad = [f"{g}={a}" for g, a in p.layer_alphas or () if not math.isfinite(a)]
+    if bad:
+        raise ValueError(f"per-layer alpha must be finite numbers, got {', '.join(bad)}")
     if p.weights is not None:
         if len(p.weights) != n_models:
             raise ValueError(f"--weights has {len(p.weights)} values but {n_models} fine-tuned models were given")
@@ -251,5 +272,9 @@ def check_params(method: MergeMethod, p: MergeParams, n_models: int) -> None:
 
 
 def describe(method: MergeMethod, p: MergeParams) -> dict:
-    """The options that matter for ``method`` (recorded in model cards and sweep records)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k in method.options for v in [getattr(p, k)]}
+    """The options that matter for ``method`` (recorded in model cards and sweep records); per-layer α
+    (when set) as ``layer_alphas: {group: α}``."""
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k in method.options for v in [getattr(p, k)]}
+    if p.layer_alphas is not None:
+        out["layer_alphas"] = dict(p.layer_alphas)
+    return out

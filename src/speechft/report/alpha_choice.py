@@ -3,7 +3,8 @@
 Per scenario, the Stable-FT model of fine-tuning seed 0 is merged at every α of the block's grid and
 each merge is probed on every task. A rule's choice *on that grid* (its signal restricted to the grid)
 is then one of those probed models, so the rules, the fixed α and the oracle are compared on the same
-models with paired intervals. The oracle is the grid's best on test (score over all tasks), which no
+models with paired intervals. A per-layer rule's model (one α per layer group) is not on the grid: the
+study merges it and probes it on every task on its own (``plan.alpha_models``). The oracle is the grid's best on test (score over all tasks), which no
 user can know. Cost: each rule's job seconds next to what a 6-point sweep with probes would cost,
 summed from the same run's own job times (probe jobs of the grid models, plus each model's share of
 its task's feature-extraction pass).
@@ -56,7 +57,8 @@ def alpha_section(records: Sequence[dict], cfg, plan, tasks: Sequence[str], timi
              f"each merge probed on every task ({cfg.probe_seeds} probe seeds). Each rule computes its signal from "
              f"the fine-tuning run alone (at most {ac.limit} dev utterances, no probe) and its choice is taken on "
              "this grid, so every choice is a probed model; `α (11-point)` is what `--alpha auto:RULE` picks on its "
-             "own grid 0, 0.1, …, 1. The oracle is the grid's best score over all tasks on test, which no user "
+             "own grid 0, 0.1, …, 1. A per-layer rule (`drift`) gives one α per layer group, so its model is "
+             "merged and probed on every task on its own; its α column gives the range of its layers' α. The oracle is the grid's best score over all tasks on test, which no user "
              f"can know. Intervals: probe seeds and test utterances (one fine-tuning seed); Δ: paired bootstrap "
              f"against the fixed α = {fixed:g} on the same test utterances.", "",
              "| scenario | choice | α | α (11-point) | fine-tuning task | score, other tasks | score, all tasks | "
@@ -69,23 +71,32 @@ def alpha_section(records: Sequence[dict], cfg, plan, tasks: Sequence[str], timi
             continue
         grid = plan.alpha_grid[sc.name]
         labels = {a: grid_label(a) for a in grid}
-        res = Results(records, {**fbank, **{labels[a]: [n] for a, n in grid.items()}}, tasks)
+        per_layer = {f"auto:{rule}": [n] for rule, n in plan.alpha_models.get(sc.name, {}).items()}
+        res = Results(records, {**fbank, **{labels[a]: [n] for a, n in grid.items()}, **per_layer}, tasks)
         others = [t for t in tasks if t != sc.task]
-        choices = [(f"fixed α={fixed:g}", fixed if fixed in grid else None, "")]
+        # (choice, its model's label or None, α shown, α on the 11-point grid)
+        choices = [(f"fixed α={fixed:g}", labels.get(fixed), f"{fixed:g}", "")]
         for rule, job in plan.alpha_rules[sc.name].items():
             rec = (timings.get(job) or {}).get("result") or {}
-            choices.append((f"auto:{rule}", rec.get("alpha_on_grid"), f"{rec['alpha']:g}" if "alpha" in rec else "–"))
+            if f"auto:{rule}" in per_layer:
+                shown = rec.get("layer_alphas")
+                span = f"{min(shown.values()):.2g}–{max(shown.values()):.2g} per layer" if shown else "–"
+                choices.append((f"auto:{rule}", f"auto:{rule}" if shown else None, span, ""))
+                continue
+            a = rec.get("alpha_on_grid")
+            choices.append((f"auto:{rule}", labels.get(a), "–" if a is None else f"{a:g}",
+                            f"{rec['alpha']:g}" if "alpha" in rec else "–"))
         best = oracle(res, labels, tasks)
-        choices.append(("oracle (best on test)", best, ""))
-        for what, a, a11 in choices:
-            if a is None:
+        choices.append(("oracle (best on test)", labels.get(best), "–" if best is None else f"{best:g}", ""))
+        ref = labels.get(fixed)
+        for what, lab, shown, a11 in choices:
+            if lab is None:
                 lines.append(f"| {sc.name} ({sc.task}) | {what} | – | {a11} | – | – | – | – | – |")
                 continue
-            lab, ref = labels[a], labels.get(fixed)
             same = lab == ref
             d_all = "" if same or ref is None else signed_points(res.score_difference(lab, ref, tasks))
             d_ft = "" if same or ref is None else signed_metric(res, res.difference(lab, ref, sc.task), sc.task)
-            lines.append(f"| {sc.name} ({sc.task}) | {what} | {a:g} | {a11} | {_pct(res.cell(lab, sc.task))} | "
+            lines.append(f"| {sc.name} ({sc.task}) | {what} | {shown} | {a11} | {_pct(res.cell(lab, sc.task))} | "
                          f"{_pts(res.score(lab, others))} | {_pts(res.score(lab, tasks))} | {d_all} | {d_ft} |")
         names = list(grid.values())
         own, every = sweep_seconds(timings, plan, names, [sc.task]), sweep_seconds(timings, plan, names, tasks)

@@ -234,6 +234,14 @@ def timing_lines(stages: dict, run_info: Optional[dict] = None) -> list[str]:
     return lines + [""]
 
 
+def layer_alpha_text(layer_alphas: dict) -> str:
+    """``proj 1, layer1 0.31, …``: per-layer α in layer order (projection, position embedding, blocks, rest)."""
+    def order(g: str):
+        return (int(g[5:]) if g.startswith("layer") and g[5:].isdigit() else -1 if g in ("cnn", "proj", "pos_conv_embed")
+                else 10 ** 6, g)
+    return ", ".join(f"{g} {a:.2g}" for g, a in sorted(layer_alphas.items(), key=lambda kv: order(kv[0])))
+
+
 def _alpha_text(cfg, layout) -> str:
     """``0.25``, or ``0.4 (chosen by auto:cka: …)`` from the merged model's card when α was chosen at run time."""
     if cfg.fixed_alpha is not None:
@@ -244,6 +252,9 @@ def _alpha_text(cfg, layout) -> str:
     auto = json.loads(card.read_text()).get("alpha_auto", {}) if card.exists() else {}
     if not auto:
         return f"{cfg.alpha} (not chosen yet)"
+    if auto.get("layer_alphas"):
+        return (f"per layer, chosen by `{cfg.alpha}` ({auto['rule']} {auto['value']:g}): {layer_alpha_text(auto['layer_alphas'])}"
+                " (each layer's drift is in the merged model's card)")
     return (f"{auto['alpha']:g}, chosen by `{cfg.alpha}` ({auto['rule']} {auto['value']:g}, {auto['seconds']:.0f} s; "
             f"its {auto['metric']} per α is in the merged model's card)")
 
