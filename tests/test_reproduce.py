@@ -165,3 +165,15 @@ def test_reproduce_with_alpha_auto_reports_the_chosen_alpha(tmp_path, tiny_model
     assert card["alpha"] == chosen and card["alpha_auto"]["rule"] == "cka"
     assert f"Speech-FT merges with α = {chosen:g}, chosen by `auto:cka`" in text
     assert "| Speech-FT (α=auto:cka) |" in text
+
+
+def test_report_names_a_per_layer_choice_with_its_layers(tmp_path):
+    from types import SimpleNamespace
+
+    from speechft.report.markdown import _alpha_text
+
+    (tmp_path / "speechft_card.json").write_text(json.dumps({"alpha_auto": {
+        "alpha": 0.25, "rule": "drift", "value": 0.25, "layer_alphas": {"layer2": 0.5, "layer1": 0.125}}}))
+    cfg = ReproduceConfig(alpha="auto:drift")
+    text = _alpha_text(cfg, SimpleNamespace(speechft=tmp_path))
+    assert text.startswith("per layer, chosen by `auto:drift` (drift 0.25): layer1 0.12, layer2 0.5")
