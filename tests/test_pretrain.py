@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from speechft.pretrain import PretrainConfig, load_config, mfcc, pretrain, span_mask
 from speechft.pretrain.data import AudioStore, crop_plan, epoch_batches, generate_quick_audio
@@ -184,6 +185,72 @@ def test_resume_is_bit_identical(audio, tmp_path):
             assert torch.equal(a[k], b[k]), f"{f}:{k} differs after resume"
     strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in p.read_text().splitlines()]
     assert strip(tmp_path / "a/metrics.jsonl") == strip(tmp_path / "b/metrics.jsonl")
+
+
+def test_resume_with_augmentation_is_bit_identical_and_augmentation_changes_the_run(audio, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = small_cfg(steps=6, checkpoint_every=2, noise_prob=0.5, mix_prob=0.5)
+    pretrain(manifest=str(audio), out_dir=tmp_path / "a", config=cfg, progress=False)
+    pretrain(manifest=str(audio), out_dir=tmp_path / "b", config=cfg, stop_after=3, progress=False)
+    pretrain(out_dir=tmp_path / "b", resume=True, progress=False)
+    pretrain(manifest=str(audio), out_dir=tmp_path / "c", config=small_cfg(steps=6, checkpoint_every=2), progress=False)
+    a, b, c = (load_file(str(tmp_path / x / "encoder" / "model.safetensors")) for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the input was augmented: another run than without
+    assert yaml.safe_load((tmp_path / "b" / "pretrain_config.yaml").read_text())["noise_prob"] == 0.5
+
+
+def _batch(lens, seed=0):
+    from speechft.pretrain.data import AudioStore, make_batch
+
+    rng = np.random.default_rng(seed)
+    audio = [np.round(rng.uniform(-0.5, 0.5, n) * 32767).astype(np.int16) for n in lens]
+    store = AudioStore(ids=[str(i) for i in range(len(lens))], audio=audio, manifest="m")
+    labels = [np.zeros(n // 320 + 1, dtype=np.int64) for n in lens]
+    return make_batch(store, labels, list(range(len(lens))), 10.0, None)
+
+
+def test_augmentation_keeps_padding_targets_and_hits_its_snr():
+    from types import SimpleNamespace
+
+    from speechft.pretrain.augment import augment_batch
+
+    batch = _batch([16000, 8000, 12000])
+    off = augment_batch(batch, np.random.default_rng(0), SimpleNamespace(noise_prob=0.0, noise_snr=(5, 20),
+                                                                         mix_prob=0.0, mix_snr=(0, 10)))
+    assert torch.equal(off["wav"], batch["wav"])
+    noisy = augment_batch(batch, np.random.default_rng(0), SimpleNamespace(noise_prob=1.0, noise_snr=(10.0, 10.0),
+                                                                           mix_prob=0.0, mix_snr=(0, 10)))
+    assert noisy["targets"] is batch["targets"] and noisy["wav_lens"] is batch["wav_lens"]
+    for b, n in enumerate(batch["wav_lens"].tolist()):
+        clean, added = batch["wav"][b, :n].double(), (noisy["wav"][b, :n] - batch["wav"][b, :n]).double()
+        assert 10 * torch.log10(clean.pow(2).mean() / added.pow(2).mean()).item() == pytest.approx(10.0, abs=0.01)
+        assert not noisy["wav"][b, n:].any()  # padding stays zero
+    again = augment_batch(batch, np.random.default_rng(0), SimpleNamespace(noise_prob=1.0, noise_snr=(10.0, 10.0),
+                                                                           mix_prob=0.0, mix_snr=(0, 10)))
+    assert torch.equal(again["wav"], noisy["wav"])  # a pure function of the generator's state
+
+
+def test_mixing_adds_at_most_half_an_utterance_of_another_row():
+    from types import SimpleNamespace
+
+    from speechft.pretrain.augment import augment_batch
+
+    batch = _batch([16000, 16000])
+    mixed = augment_batch(batch, np.random.default_rng(1), SimpleNamespace(noise_prob=0.0, noise_snr=(5, 20),
+                                                                           mix_prob=1.0, mix_snr=(0.0, 0.0)))
+    for b in range(2):
+        changed = (mixed["wav"][b] != batch["wav"][b]).nonzero().flatten()
+        assert 0 < changed.numel() <= 8000 and changed.max() - changed.min() < 8000  # one contiguous segment
+
+
+@pytest.mark.parametrize("kw, message", [(dict(noise_prob=1.5), "noise_prob must be in"),
+                                         (dict(mix_snr=[10, 0]), "mix_snr must be"),
+                                         (dict(noise_snr=[5]), "noise_snr must be")])
+def test_augmentation_config_errors(kw, message):
+    with pytest.raises(ValueError, match=message):
+        small_cfg(**kw)
 
 
 def test_continued_pretraining_reuses_codebook_and_head(trained, audio, tmp_path):

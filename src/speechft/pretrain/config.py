@@ -46,6 +46,11 @@ class PretrainConfig:
     batch_seconds: float = 16.0  # audio per batch (padding included)
     max_seconds: float = 4.0  # longer utterances are randomly cropped (frame-aligned)
     min_seconds: float = 0.5  # shorter utterances are left out (logged, never silently)
+    # -- input augmentation (speechft.pretrain.augment): targets stay those of the clean audio ------
+    noise_prob: float = 0.0  # share of utterances with coloured Gaussian noise added
+    noise_snr: tuple = (5.0, 20.0)  # its SNR in dB, drawn uniformly
+    mix_prob: float = 0.0  # share of utterances with a segment of another utterance of the batch mixed in
+    mix_snr: tuple = (0.0, 10.0)  # its SNR in dB (the utterance's own speaker stays dominant)
     # -- bookkeeping ----------------------------------------------------------------------------
     seed: int = 0
     checkpoint_every: int = 100
@@ -75,9 +80,19 @@ class PretrainConfig:
             errors.append("kmeans_from and kmeans_layer go together (iteration 2 needs both)")
         if self.unmasked_weight < 0:
             errors.append("unmasked_weight must be >= 0")
+        for name in ("noise_prob", "mix_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                errors.append(f"{name} must be in [0, 1]")
+        for name in ("noise_snr", "mix_snr"):
+            v = getattr(self, name)
+            if (not isinstance(v, (list, tuple)) or len(v) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                                       for x in v) or v[0] > v[1]):
+                errors.append(f"{name} must be [low, high] in dB with low <= high")
         if errors:
             raise ValueError("invalid pre-training config: " + "; ".join(errors))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "noise_snr", tuple(float(x) for x in self.noise_snr))
+        object.__setattr__(self, "mix_snr", tuple(float(x) for x in self.mix_snr))
         object.__setattr__(self, "model", dict(self.model or {}))
 
     def replace(self, **kw) -> "PretrainConfig":
@@ -86,6 +101,7 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        d["noise_snr"], d["mix_snr"] = list(self.noise_snr), list(self.mix_snr)
         return d
 
 

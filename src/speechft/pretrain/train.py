@@ -30,6 +30,8 @@ from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, check_not_in
 from ..utils.jobs import intra_op_threads
 from ..utils.signals import StopAtStep, signal_name
 from .config import QUICK, PretrainConfig, load_config, save_config
+from .augment import augment_batch
+from .augment import is_on as augment_on
 from .data import AudioStore, epoch_batches, generate_quick_audio, make_batch
 from .kmeans import Codebook, FeatureSource, compute_targets, fit_codebook
 from .model import PretrainHead, masked_prediction_loss, prepare_encoder
@@ -193,6 +195,8 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     rngs = {"mask": np.random.default_rng([cfg.seed, 1]), "crop": np.random.default_rng([cfg.seed, 2])}
+    if augment_on(cfg):  # its own generator (checkpointed), so runs without augmentation draw as before
+        rngs["augment"] = np.random.default_rng([cfg.seed, 3])
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
 
@@ -224,6 +228,8 @@ def _run(cfg: PretrainConfig, out: Path, run: dict, resume: bool, stop_after: Op
             epoch, bi = epoch + 1, 0
             batches = epoch_batches(seconds, cfg.batch_seconds, cfg.max_seconds, cfg.seed, epoch)
         batch = make_batch(train_store, train_labels, batches[bi], cfg.max_seconds, rngs["crop"])
+        if "augment" in rngs:
+            batch = augment_batch(batch, rngs["augment"], cfg)
         bi += 1
         loss, stats = masked_prediction_loss(model, head, batch, rngs["mask"], cfg, normalize)
         if not torch.isfinite(loss):
