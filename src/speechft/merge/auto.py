@@ -90,7 +90,7 @@ class AutoChoice:
                "higher_is_better": self.higher_is_better, "seconds": round(self.seconds, 2),
                "curve": {f"{a:g}": v for a, v in sorted(self.curve.items())}}
         if self.layer_alphas is not None:
-            out["layer_alphas"] = {g: round(a, 4) for g, a in sorted(self.layer_alphas.items())}
+            out["layer_alphas"] = dict(sorted(self.layer_alphas.items()))  # exact: `merge` merges with these
             out["drift"] = {g: round(d, 6) for g, d in sorted((self.drift or {}).items())}
         return out
 

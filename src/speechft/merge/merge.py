@@ -349,10 +349,11 @@ def merge_alphas(pretrained: str, finetuned: Sequence[str], alphas: Sequence[flo
     params_list = [MergeParams(alpha=float(a), weights=w, density=density, seed=seed, majority_sign=majority_sign,
                                layer_alphas=layer_alpha_pairs(layer_alphas)) for a in alphas]
     m, sources, plan = _prepare(pretrained, finetuned, method, params_list[0], excluded, dtype)
-    unknown = sorted(set(layer_alphas or ()) - {layer_group(c) for c in plan.merged})
+    groups = {layer_group(c) for c in plan.merged}
+    unknown = sorted(set(layer_alphas or ()) - groups)
     if unknown:
         raise ValueError(f"per-layer alpha: {', '.join(unknown)} is not a layer group of {pretrained} (its groups: "
-                         f"{', '.join(sorted({layer_group(c) for c in plan.merged}))})")
+                         f"{', '.join(sorted(groups))})")
     for p in params_list[1:]:
         check_params(m, p, len(finetuned))
     out_dirs = [Path(d) for d in out_dirs]

@@ -4,8 +4,8 @@ Per scenario, the Stable-FT model of fine-tuning seed 0 is merged at every α of
 each merge is probed on every task. A rule's choice *on that grid* (its signal restricted to the grid)
 is then one of those probed models, so the rules, the fixed α and the oracle are compared on the same
 models with paired intervals. A per-layer rule's model (one α per layer group) is not on the grid: the
-study merges it and probes it on every task on its own (``plan.alpha_models``). The oracle is the grid's best on test (score over all tasks), which no
-user can know. Cost: each rule's job seconds next to what a 6-point sweep with probes would cost,
+study merges it and probes it on every task on its own (``plan.alpha_models``). The oracle is the grid's
+best on test (score over all tasks), which no user can know. Cost: each rule's job seconds next to what a 6-point sweep with probes would cost,
 summed from the same run's own job times (probe jobs of the grid models, plus each model's share of
 its task's feature-extraction pass).
 """
@@ -58,7 +58,8 @@ def alpha_section(records: Sequence[dict], cfg, plan, tasks: Sequence[str], timi
              f"the fine-tuning run alone (at most {ac.limit} dev utterances, no probe) and its choice is taken on "
              "this grid, so every choice is a probed model; `α (11-point)` is what `--alpha auto:RULE` picks on its "
              "own grid 0, 0.1, …, 1. A per-layer rule (`drift`) gives one α per layer group, so its model is "
-             "merged and probed on every task on its own; its α column gives the range of its layers' α. The oracle is the grid's best score over all tasks on test, which no user "
+             "merged and probed on every task on its own; its α column gives the range of its layers' α. "
+             "The oracle is the grid's best score over all tasks on test, which no user "
              f"can know. Intervals: probe seeds and test utterances (one fine-tuning seed); Δ: paired bootstrap "
              f"against the fixed α = {fixed:g} on the same test utterances.", "",
              "| scenario | choice | α | α (11-point) | fine-tuning task | score, other tasks | score, all tasks | "

@@ -234,11 +234,16 @@ def timing_lines(stages: dict, run_info: Optional[dict] = None) -> list[str]:
     return lines + [""]
 
 
+FRONT_GROUPS = ("cnn", "proj", "masked_spec_embed", "pos_conv_embed")  # merge.keys.layer_group names, input first
+
+
 def layer_alpha_text(layer_alphas: dict) -> str:
-    """``proj 1, layer1 0.31, …``: per-layer α in layer order (projection, position embedding, blocks, rest)."""
+    """``proj 1, layer1 0.31, …``: per-layer α in the model's order (CNN, projection, position embedding,
+    blocks 1…N, then the rest)."""
     def order(g: str):
-        return (int(g[5:]) if g.startswith("layer") and g[5:].isdigit() else -1 if g in ("cnn", "proj", "pos_conv_embed")
-                else 10 ** 6, g)
+        if g in FRONT_GROUPS:
+            return (0, FRONT_GROUPS.index(g), g)
+        return (1, int(g[5:]), g) if g.startswith("layer") and g[5:].isdigit() else (2, 0, g)
     return ", ".join(f"{g} {a:.2g}" for g, a in sorted(layer_alphas.items(), key=lambda kv: order(kv[0])))
 
 
