@@ -62,6 +62,19 @@ def layer_group(key: str) -> str:
     return "other"
 
 
+FRONT_GROUPS = ("cnn", "proj", "masked_spec_embed", "pos_conv_embed")  # the groups before the blocks, input first
+
+
+def layer_group_order(group: str) -> tuple:
+    """Sort key of :func:`layer_group` names in the model's order: the front groups (CNN, projection,
+    masked-frame embedding, position embedding), then blocks ``layer1`` … ``layerN`` by number, then the rest."""
+    if group in FRONT_GROUPS:
+        return (0, FRONT_GROUPS.index(group), group)
+    if group.startswith("layer") and group[5:].isdigit():
+        return (1, int(group[5:]), group)
+    return (2, 0, group)
+
+
 def excluded_reason(key: str) -> Optional[str]:
     """Why ``key`` (prefix already removed) is never merged, or None for an encoder tensor."""
     return EXCLUDED_MODULES.get(key.split(".", 1)[0])

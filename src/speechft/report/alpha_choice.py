@@ -5,8 +5,8 @@ each merge is probed on every task. A rule's choice *on that grid* (its signal r
 is then one of those probed models, so the rules, the fixed α and the oracle are compared on the same
 models with paired intervals. A per-layer rule's model (one α per layer group) is not on the grid: the
 study merges it and probes it on every task on its own (``plan.alpha_models``). The oracle is the grid's
-best on test (score over all tasks), which no user can know. Cost: each rule's job seconds next to what a 6-point sweep with probes would cost,
-summed from the same run's own job times (probe jobs of the grid models, plus each model's share of
+best on test (score over all tasks), which no user can know. Cost: each rule's job seconds next to what a
+6-point sweep with probes would cost, summed from the same run's own job times (probe jobs of the grid models, plus each model's share of
 its task's feature-extraction pass).
 """
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..merge.keys import layer_group_order
 from ..probe import stats
 from ..probe.score import check_groups, is_fbank_record, profile_note, profile_of, superb_score
 from ..utils.io import atomic_write_text, read_jsonl
@@ -234,17 +235,9 @@ def timing_lines(stages: dict, run_info: Optional[dict] = None) -> list[str]:
     return lines + [""]
 
 
-FRONT_GROUPS = ("cnn", "proj", "masked_spec_embed", "pos_conv_embed")  # merge.keys.layer_group names, input first
-
-
 def layer_alpha_text(layer_alphas: dict) -> str:
-    """``proj 1, layer1 0.31, …``: per-layer α in the model's order (CNN, projection, position embedding,
-    blocks 1…N, then the rest)."""
-    def order(g: str):
-        if g in FRONT_GROUPS:
-            return (0, FRONT_GROUPS.index(g), g)
-        return (1, int(g[5:]), g) if g.startswith("layer") and g[5:].isdigit() else (2, 0, g)
-    return ", ".join(f"{g} {a:.2g}" for g, a in sorted(layer_alphas.items(), key=lambda kv: order(kv[0])))
+    """``proj 1, layer1 0.31, …``: per-layer α in the model's order (:func:`..merge.keys.layer_group_order`)."""
+    return ", ".join(f"{g} {a:.2g}" for g, a in sorted(layer_alphas.items(), key=lambda kv: layer_group_order(kv[0])))
 
 
 def _alpha_text(cfg, layout) -> str:
