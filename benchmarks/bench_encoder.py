@@ -1,6 +1,6 @@
 """Benchmark: forward time per second of audio and shipped size of encoders, side by side.
 
-    python benchmarks/bench_encoder.py                                  # speechft-tiny vs speechft-tiny-v1
+    python benchmarks/bench_encoder.py                                  # speechft-tiny-v1, -v2 and speechft-tiny
     python benchmarks/bench_encoder.py --models speechft-tiny,path/to/encoder --repeats 15
 
 Every model runs the same batch (default: 8 utterances of 3 s of seeded noise, one torch thread, no
@@ -32,7 +32,7 @@ def weight_bytes(model_dir) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="speechft-tiny-v1,speechft-tiny",
+    ap.add_argument("--models", default="speechft-tiny-v1,speechft-tiny-v2,speechft-tiny",
                     help="comma-separated model references; ratios are against the first")
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--batch", type=int, default=8)

@@ -86,14 +86,15 @@ def test_builtin_references_load():
     assert flens.tolist()[0] > flens.tolist()[1]
 
 
-def test_both_shipped_versions_load_and_differ():
-    """speechft-tiny (v2) is the default; v1 stays loadable under its own name for comparisons."""
+def test_shipped_versions_load_and_differ():
+    """speechft-tiny (v3) is the default; v1 and v2 stay loadable under their own names for comparisons."""
     from speechft.paths import SHIPPED_NAMES, shipped_dir
 
-    assert {"speechft-tiny", "speechft-tiny-v1"} <= set(SHIPPED_NAMES)
-    v2, v1 = load_encoder("speechft-tiny"), load_encoder("speechft-tiny-v1")
-    assert (v2.num_layers, v2.hidden_size) == (v1.num_layers, v1.hidden_size)
-    assert v2.fingerprint() != v1.fingerprint()
-    for name in ("speechft-tiny", "speechft-tiny-v1"):
+    names = ("speechft-tiny", "speechft-tiny-v1", "speechft-tiny-v2")
+    assert set(names) <= set(SHIPPED_NAMES)
+    encoders = [load_encoder(n) for n in names]
+    assert len({(e.num_layers, e.hidden_size) for e in encoders}) == 1
+    assert len({e.fingerprint() for e in encoders}) == len(names)
+    for name in names:
         card = json.loads((shipped_dir(name) / "speechft_card.json").read_text())
         assert card["name"] == name

@@ -21,10 +21,11 @@ log = logging.getLogger("speechft")
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, UnknownNameError, ValueError, OSError)
 
 DEFAULT_MODEL = TINY_NAME  # the model every verb uses when a model is optional and none is named
-MODEL_REFS = ("speechft-tiny (default), speechft-tiny-v1, speechft-tiny-random, fbank, a model folder, a run folder (its encoder/) "
-              "or a hub id")
+MODEL_REFS = ("speechft-tiny (default), speechft-tiny-v1, speechft-tiny-v2, speechft-tiny-random, fbank, a model folder, "
+              "a run folder (its encoder/) or a hub id")
 # θ₀ and θ′ options of merge and sweep
-PRETRAINED_HELP = "θ₀: a model folder, speechft-tiny, speechft-tiny-v1, speechft-tiny-random or a hub id."
+PRETRAINED_HELP = ("θ₀: a model folder, speechft-tiny, speechft-tiny-v1, speechft-tiny-v2, speechft-tiny-random or a "
+                   "hub id.")
 FINETUNED_HELP = "θ′: model folders or fine-tuning run folders (their encoder/); repeat, or list several after it."
 # What the user-task options mean, in every verb that takes them (finetune, probe, sweep).
 TASK_MANIFESTS_HELP = ("Your own task: train.jsonl,dev.jsonl,test.jsonl (manifests with the target field), or one "

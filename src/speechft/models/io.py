@@ -5,6 +5,7 @@ Model references, read by :func:`resolve_ref` for :func:`load_encoder` and for
 
 * ``speechft-tiny``          the pre-trained default shipped inside the package
 * ``speechft-tiny-v1``       its first version, shipped too (to compare results)
+* ``speechft-tiny-v2``       its second version, shipped too
 * ``speechft-tiny-random``   the same architecture, randomly initialised (fixed seed)
 * ``fbank``                  log-mel filterbank frames (SUPERB's lower reference)
 * a local directory          any transformers speech model saved with ``save_pretrained``
