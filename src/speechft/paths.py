@@ -10,8 +10,8 @@ ASSETS_DIR = PACKAGE_DIR / "assets"
 # Built-in model references (see speechft.models.io.load_encoder); here, below every module that
 # names them, so that none has to import the model code to recognise one.
 TINY_NAME = "speechft-tiny"  # the pre-trained default, shipped in ASSETS_DIR / TINY_NAME
-TINY_V1_NAME = "speechft-tiny-v1"  # earlier versions of speechft-tiny, kept so that results can be compared
-TINY_V2_NAME = "speechft-tiny-v2"
+TINY_V1_NAME = "speechft-tiny-v1"  # the first speechft-tiny, kept so that results can be compared
+TINY_V2_NAME = "speechft-tiny-v2"  # the second, likewise
 TINY_RANDOM_NAME = "speechft-tiny-random"
 FBANK_NAME = "fbank"
 SHIPPED_NAMES = (TINY_NAME, TINY_V1_NAME, TINY_V2_NAME)  # model folders shipped in ASSETS_DIR / name

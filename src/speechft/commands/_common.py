@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Optional
 
 import typer
 
-from ..paths import TINY_NAME
+from ..paths import FBANK_NAME, SHIPPED_NAMES, TINY_NAME, TINY_RANDOM_NAME
 from ..utils.device import HELP as DEVICE_HELP
 from ..utils.names import UnknownNameError
 
@@ -21,11 +21,12 @@ log = logging.getLogger("speechft")
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, UnknownNameError, ValueError, OSError)
 
 DEFAULT_MODEL = TINY_NAME  # the model every verb uses when a model is optional and none is named
-MODEL_REFS = ("speechft-tiny (default), speechft-tiny-v1, speechft-tiny-v2, speechft-tiny-random, fbank, a model folder, "
+# Built-in names from speechft.paths, so that shipping another version needs no help-text edit.
+_EARLIER_TINY = ", ".join(n for n in SHIPPED_NAMES if n != TINY_NAME)
+MODEL_REFS = (f"{TINY_NAME} (default), {_EARLIER_TINY}, {TINY_RANDOM_NAME}, {FBANK_NAME}, a model folder, "
               "a run folder (its encoder/) or a hub id")
 # θ₀ and θ′ options of merge and sweep
-PRETRAINED_HELP = ("θ₀: a model folder, speechft-tiny, speechft-tiny-v1, speechft-tiny-v2, speechft-tiny-random or a "
-                   "hub id.")
+PRETRAINED_HELP = f"θ₀: a model folder, {TINY_NAME}, {_EARLIER_TINY}, {TINY_RANDOM_NAME} or a hub id."
 FINETUNED_HELP = "θ′: model folders or fine-tuning run folders (their encoder/); repeat, or list several after it."
 # What the user-task options mean, in every verb that takes them (finetune, probe, sweep).
 TASK_MANIFESTS_HELP = ("Your own task: train.jsonl,dev.jsonl,test.jsonl (manifests with the target field), or one "
