@@ -121,13 +121,18 @@ def help_level_problems(c: Command) -> list[str]:
     args = [a for a in c.argv if a not in ("-v", "--verbose") and not re.fullmatch(r"-v+", a)]
     if not args or args[0] not in group.commands:
         return [f"unknown verb {args[0] if args else '(none)'!r} (verbs: {', '.join(sorted(group.commands))})"]
-    known = _option_names(group.commands[args[0]]) | _option_names(group)
+    verb, cmd, rest = args[0], group.commands[args[0]], args[1:]
+    while hasattr(cmd, "commands"):  # a verb with subcommands: speechft cache list
+        if not rest or rest[0] not in cmd.commands:
+            return [f"{verb}: unknown subcommand {rest[0] if rest else '(none)'!r} (known: {', '.join(sorted(cmd.commands))})"]
+        verb, cmd, rest = f"{verb} {rest[0]}", cmd.commands[rest[0]], rest[1:]
+    known = _option_names(cmd) | _option_names(group)
     used = []
-    for a in args[1:]:
+    for a in rest:
         for tok in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", a) if "synopsis" in c.needs else [a]:
             if tok.startswith("-") and not re.fullmatch(r"-\d.*", tok):
                 used.append(tok.split("=", 1)[0])
-    return [f"{args[0]} has no option {u}" for u in used if u not in known]
+    return [f"{verb} has no option {u}" for u in used if u not in known]
 
 
 ALL = [c for doc in DOCS for c in collect(doc)]

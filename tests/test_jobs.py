@@ -37,6 +37,20 @@ def test_one_worker_runs_dependencies_first_and_resume_skips(tmp_path):
     assert len(read_jsonl(log)) == 3
 
 
+def test_unkeyed_arguments_reach_the_function_but_not_the_key(tmp_path):
+    log = tmp_path / "log.jsonl"
+
+    def job(where):
+        return [Job("a", _log, dict(path=log, name="a"), unkeyed={"seconds": where})]
+
+    run_jobs(job(0.0), Stages(tmp_path), workers=1)
+    assert len(read_jsonl(log)) == 1
+    run_jobs(job(0.01), Stages(tmp_path), workers=1)  # only an unkeyed argument changed: done already
+    assert len(read_jsonl(log)) == 1
+    with pytest.raises(TypeError):  # ...and it is passed: an argument the function lacks fails the call
+        run_jobs([Job("b", _log, dict(path=log, name="b"), unkeyed={"nowhere": 1})], Stages(tmp_path), workers=1)
+
+
 def _meet(path, name, other, timeout=60.0):
     """Wait until job ``other`` has started too: only possible when both run at the same time (a
     fixed sleep is not: a second worker process can take longer to start than the first one's job)."""

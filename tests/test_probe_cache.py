@@ -24,6 +24,7 @@ class CountingEncoder(SpeechEncoder):
         self.inner = inner
         self.num_layers, self.hidden_size, self.frame_rate = inner.num_layers, inner.hidden_size, inner.frame_rate
         self.normalize_input = getattr(inner, "normalize_input", False)
+        self.name = inner.name
         self.forwards = self.utterances = 0
 
     def forward(self, wav, wav_lens=None):
@@ -304,9 +305,69 @@ def test_pooled_tasks_get_their_own_cache_folder(tmp_path, tones):
     name never equals, so a frame task is never served from a cache without frames."""
     enc = make_tiny_encoder()
     run_probe(enc, [tones], tmp_path / "out", epochs=1, cache_dir=tmp_path / "cache", progress=False)
-    folders = sorted(p.name for p in (tmp_path / "cache" / fcache.model_key(enc)).iterdir())
+    folders = sorted(p.name for p in (tmp_path / "cache" / fcache.model_key(enc)).iterdir() if p.is_dir())
     assert folders and all(f.endswith("-pooled") for f in folders)
     for s in ("train", "dev", "test"):
         framed = fcache.split_folder(tones, s, "default", "m", tmp_path)
         assert fcache.split_folder(tones, s, "default", "m", tmp_path, pooled_only=True) != framed
         assert not framed.name.endswith("-pooled")
+
+
+# -- the shared cache's upkeep: list, prune by last use, drop split folders ---------------------------------
+def _perturbed(seed: int):
+    enc = make_tiny_encoder()
+    with torch.no_grad():
+        next(enc.parameters()).add_(float(seed))  # other weights: another fingerprint, another folder
+    return enc
+
+
+def test_cache_lists_models_by_last_use_and_prunes_the_unused(tmp_path, tones):
+    import os
+    import time
+
+    from speechft.cli import app
+    from typer.testing import CliRunner
+
+    root = tmp_path / "cache"
+    old, new = CountingEncoder(_perturbed(1)), _perturbed(2)
+    for i, enc in enumerate((old, new)):
+        run_probe(enc, [tones], tmp_path / f"p{i}", epochs=1, cache_dir=root, progress=False)
+    three_days_ago = time.time() - 3 * 86400
+    os.utime(root / old.fingerprint() / fcache.LAST_USED, (three_days_ago, three_days_ago))
+    models = fcache.list_cache(root)
+    assert [m.fingerprint for m in models] == [new.fingerprint(), old.fingerprint()]  # most recently used first
+    assert all(m.name == "tiny-test" and m.splits == 3 and m.bytes > 0 for m in models)
+    assert fcache.list_cache(tmp_path / "nowhere") == []
+
+    assert [m.fingerprint for m in fcache.prune_cache(root, 1.0, dry_run=True)] == [old.fingerprint()]
+    assert (root / old.fingerprint()).is_dir()  # a dry run removes nothing
+    assert [m.fingerprint for m in fcache.prune_cache(root, 1.0)] == [old.fingerprint()]
+    assert [m.fingerprint for m in fcache.list_cache(root)] == [new.fingerprint()]
+    # a pruned model is extracted again when next probed (with a new seed: nothing to reuse)
+    old.forwards = 0
+    run_probe(old, [tones], tmp_path / "p0", seeds=(1,), epochs=1, cache_dir=root, progress=False)
+    assert old.forwards > 0 and (root / old.fingerprint()).is_dir()
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["cache", "list", "--cache-dir", str(root)])
+    assert res.exit_code == 0 and f"{root}: 2 model(s)" in res.output and new.fingerprint() in res.output
+    res = runner.invoke(app, ["cache", "prune", "--cache-dir", str(root)])
+    assert res.exit_code == 2 and "--older-than DAYS or --all" in res.output
+    res = runner.invoke(app, ["cache", "prune", "--older-than", "-1", "--cache-dir", str(root)])
+    assert res.exit_code == 2 and "--older-than must be" in res.output
+    res = runner.invoke(app, ["cache", "prune", "--all", "--cache-dir", str(root)])
+    assert res.exit_code == 0 and "removed 2 model(s)" in res.output and fcache.list_cache(root) == []
+
+
+def test_drop_splits_removes_the_named_folders_then_empty_model_folders(tmp_path):
+    root = tmp_path / "scratch"
+    for model in ("m1", "m2"):
+        for name in ("a-train", "a-dev", "b-train"):
+            (root / model / name).mkdir(parents=True)
+            (root / model / name / "shard-x.npy").write_bytes(b"\0" * 100)
+        fcache.mark_used(root / model, "x")
+    assert fcache.drop_splits(root, ["a-train", "a-dev"]) == 400
+    assert sorted(p.name for p in (root / "m1").iterdir() if p.is_dir()) == ["b-train"]
+    assert fcache.drop_splits(root, ["b-train"]) == 200
+    assert not root.exists()  # nothing left: model folders and the root are gone
+    assert fcache.drop_splits(root, ["b-train"]) == 0

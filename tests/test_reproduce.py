@@ -45,7 +45,16 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path, tiny_model_dir, lite_qui
         assert row in text
     assert "## What the numbers show" in text and "![" in text
     assert (out / "analysis" / "analysis.jsonl").exists() and (out / "sweep" / "sweep.png").exists()
-    done = (out / "stages.jsonl").read_text().count('"done"')
+    # the features of the models the run made are gone once probed: nowhere in the run, nowhere in the shared cache
+    from speechft.models.io import load_encoder
+    from speechft.probe.cache import cache_root
+
+    assert not (out / "features").exists()
+    made = {load_encoder(str(p)).fingerprint() for p in (out / "finetune" / "stable" / "encoder",
+                                                          out / "finetune" / "regular" / "encoder", out / "models" / "speech-ft")}
+    assert {p.name for p in cache_root().iterdir()} & made == set()
+    assert load_encoder(str(tiny_model_dir)).fingerprint() in {p.name for p in cache_root().iterdir()}  # θ₀'s stay
+    done = _done(out)
     # the sweep's α=0 and α=1 are θ₀ and Stable-FT bit for bit: the sweep uses their rows, not new probes
     sweep = read_jsonl(out / "sweep" / "sweep.jsonl")
     assert {r["alpha"]: r["model"] for r in sweep} == {0.0: "pre-trained", 1.0: "Stable-FT"}
@@ -54,12 +63,10 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path, tiny_model_dir, lite_qui
     calls = []
     monkeypatch.setattr("speechft.finetune.finetune", lambda *a, **k: calls.append(a))
     pipeline.reproduce(dataclasses.replace(cfg), out)
-    assert calls == [] and (out / "stages.jsonl").read_text().count('"done"') == done + 2  # the two prepare jobs
+    assert calls == [] and _done(out) == done + 2  # the two prepare jobs (and the drop jobs, which find nothing)
     monkeypatch.undo()
 
     # one config key changed (α): every number of the report belongs to the new config
-    from speechft.models.io import load_encoder
-
     new = dataclasses.replace(cfg, alpha=0.5)
     text = pipeline.reproduce(new, out).read_text()
     assert "| Speech-FT (α=0.5) |" in text and "α=0.25" not in text.split("## Config")[0]
@@ -77,6 +84,12 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path, tiny_model_dir, lite_qui
     stages = read_jsonl(out / "stages.jsonl")
     assert sum(r["stage"] == "finetune-stable" and r["status"] == "done" for r in stages) == 2
     assert json.loads((out / "finetune" / "stable" / "encoder" / "speechft_card.json").read_text())["steps"] == 5
+
+
+def _done(out) -> int:
+    """Jobs recorded as done in ``out/stages.jsonl``, but for the always-run drops of scratch features."""
+    return sum(r["status"] == "done" and not r["stage"].startswith("drop features / ")
+               for r in read_jsonl(out / "stages.jsonl"))
 
 
 def test_job_graph_shares_extraction_and_feeds_the_sweep(tmp_path):
@@ -105,6 +118,40 @@ def test_job_graph_shares_extraction_and_feeds_the_sweep(tmp_path):
     assert set(by["analyze"].deps) == {"prepare", "finetune-regular", "merge"}
     # jobs own what they write: a fine-tuning with other settings starts from an empty folder
     assert by["finetune-stable"].owns == (tmp_path / "finetune" / "stable",)
+
+
+def test_models_the_run_makes_get_a_scratch_feature_cache_dropped_after_their_last_probe(tmp_path):
+    from speechft.pipeline import plan_jobs
+    from speechft.utils.jobs import job_key
+
+    cfg = ReproduceConfig(tasks=("lite-ks", "fsdd-ks", "fsdd-sid"), baselines=(), sweep_alphas=(0.0, 0.25, 1.0),
+                          sweep_tasks=("lite-ks",))
+    jobs, rows = plan_jobs(cfg, tmp_path, ["lite-ks", "fsdd-ks", "fsdd-sid"])
+    by = {j.name: j for j in jobs}
+    scratch = tmp_path.resolve() / "features"
+    # θ₀ and FBANK keep the shared cache; Stable-FT (and every model the run makes) reads its own scratch folder
+    assert "cache_dir" not in by["probe pre-trained / lite-ks"].unkeyed
+    assert "cache_dir" not in by["probe FBANK / lite-ks"].unkeyed
+    stable = by["probe Stable-FT / lite-ks"].unkeyed["cache_dir"]
+    assert stable == str(scratch / "finetune-stable-encoder")
+    assert by["probe regular FT / fsdd-ks"].unkeyed["cache_dir"] == str(scratch / "finetune-regular-encoder")
+    ext = by["extract / lite-ks"]
+    assert [d is None for d in ext.unkeyed["cache_dirs"]] == [r == cfg.model for r in ext.kwargs["refs"]]
+    # a model's features of a task go after its last reader: fsdd-ks and fsdd-sid share their audio's folders
+    drop = by["drop features / finetune-stable-encoder / fsdd-ks"]
+    assert drop.always and drop.kwargs["root"] == stable
+    assert set(drop.deps) == {"probe Stable-FT / fsdd-ks", "probe Stable-FT / fsdd-sid", "extract / fsdd-ks",
+                              "extract / fsdd-sid"}
+    assert set(by["drop features / finetune-stable-encoder / lite-ks"].deps) == {"probe Stable-FT / lite-ks",
+                                                                                 "extract / lite-ks"}
+    assert not any(n.startswith("drop features / ") and "pre-trained" in n for n in by)
+    dropped_roots = {j.kwargs["root"] for j in jobs if j.name.startswith("drop features / ")}
+    assert dropped_roots == {j.unkeyed["cache_dir"] for j in jobs if "cache_dir" in j.unkeyed}
+    # where a cache lives is not part of any key: moving it reruns nothing
+    j = by["probe Stable-FT / lite-ks"]
+    before = job_key(j, {d: "x" for d in j.deps})
+    j.unkeyed["cache_dir"] = "/elsewhere"
+    assert job_key(j, {d: "x" for d in j.deps}) == before
 
 
 def test_timing_section_sums_jobs_per_stage_and_gives_the_wall_clock():

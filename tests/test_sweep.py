@@ -193,6 +193,20 @@ def test_sweep_with_real_probe_on_tiny_model(pair, tmp_path):
     assert res.selection["alpha"] in (0, 0.5, 1)
 
 
+def test_sweep_keeps_no_features_of_its_interpolations(pair, tmp_path):
+    """Without --cache-dir, an interpolation's features live in OUT/features only while it is probed;
+    θ₀ (α=0) and θ′ (α=1) keep the shared cache."""
+    from speechft.probe.cache import cache_root
+
+    m0, m1 = pair
+    task = tone_task(tmp_path / "tones")
+    run_sweep(str(m0), [str(m1)], [0, 0.5, 1], [task], tmp_path / "sw", epochs=1)
+    fps = {r["alpha"]: r["fingerprint"] for r in read_jsonl(tmp_path / "sw" / "sweep.jsonl")}
+    shared = {p.name for p in cache_root().iterdir()}
+    assert fps[0] in shared and fps[1] in shared and fps[0.5] not in shared
+    assert not (tmp_path / "sw" / "features").exists()
+
+
 def test_sweep_reuses_records_of_identical_weights(pair, tmp_path):
     """α=0 is θ₀ and α=1 is θ′ bit for bit: with probe_dir shared with a run that already probed both,
     the sweep trains heads only for the α in between (records matched by weight fingerprint)."""

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from .commands import analyze, convert, finetune, merge, pretrain, prepare, probe, reproduce, study, sweep, validate
+from .commands import analyze, cache, convert, finetune, merge, pretrain, prepare, probe, reproduce, study, sweep, validate
 
 app = typer.Typer(
     name="speechft",
@@ -32,6 +32,7 @@ for verb, module in [
     ("study", study),
 ]:
     app.command(verb, help=module.command.__doc__)(module.command)
+app.add_typer(cache.app, name="cache")
 
 VERBOSE = ("-v", "--verbose")
 _MAIN = {"logging": False}  # main() configures the console; CliRunner tests keep their own logging

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from .pipeline_config import ReproduceConfig
-from .utils.io import atomic_write_text, check_writable, read_jsonl, rewrite_jsonl
+from .utils.io import atomic_write_text, check_writable, file_name, read_jsonl, rewrite_jsonl
 from .utils.jobs import Job, Stages, default_workers, run_jobs
 
 log = logging.getLogger(__name__)
@@ -166,26 +166,37 @@ def _merge_auto(model: str, run_dir: str, spec: str, out: str) -> dict:
             "digest": dir_digest(out)}
 
 
-def _extract(refs: list, task: str, size: str, fsdd: Optional[str], limit: Optional[int]) -> str:
+def _extract(refs: list, task: str, size: str, fsdd: Optional[str], limit: Optional[int],
+             cache_dirs: Optional[list] = None) -> str:
     """Features of every model sharing θ₀'s CNN on one task, in one pass (the CNN runs once). Its
     result is a constant: the feature cache is keyed by content, so what the probes compute does not
-    depend on this job (they depend on the jobs that made their models)."""
+    depend on this job (they depend on the jobs that made their models). ``cache_dirs``: per model, the
+    cache root (None: the shared cache), unkeyed (:func:`scratch_features`)."""
     from .probe import extract_features
 
-    extract_features(refs, [task], size=size, fsdd_root=fsdd, limit=limit, device=_device())
+    extract_features(refs, [task], size=size, fsdd_root=fsdd, limit=limit, device=_device(), cache_dirs=cache_dirs)
     return "feature cache"
 
 
 def _probe(name: str, ref: str, task: str, probe_dir: str, seeds: int, size: str, fsdd: Optional[str],
-           limit: Optional[int], epochs: Optional[int]) -> list:
+           limit: Optional[int], epochs: Optional[int], cache_dir: Optional[str] = None) -> list:
     """Probe one model on one task; the result is the sorted provenance keys of its records (the
     report shows exactly these). Records of this model and task made with other inputs are replaced
-    (the job owns them)."""
+    (the job owns them). ``cache_dir``: the feature cache root (None: the shared cache), unkeyed."""
     from .probe import run_probe
 
     recs = run_probe(ref, [task], probe_dir, seeds=tuple(range(seeds)), size=size, fsdd_root=fsdd, limit=limit,
-                     model_name=name, epochs=epochs, device=_device(), replace=True)
+                     model_name=name, epochs=epochs, device=_device(), replace=True, cache_dir=cache_dir)
     return sorted(r["key"] for r in recs)
+
+
+def _drop_features(root: str, names: list) -> None:
+    """Remove the split folders ``names`` of a run-made model's scratch feature cache ``root``."""
+    from .probe.cache import drop_splits
+
+    freed = drop_splits(root, names)
+    if freed:
+        log.debug("dropped %.1f MiB of features under %s", freed / 2**20, root)
 
 
 def _sweep(models: dict, tasks: list, results: str, out: str) -> None:
@@ -327,7 +338,59 @@ def plan_jobs(cfg: ReproduceConfig, out: Path, tasks: list[str], model_fingerpri
                          size=cfg.size, fsdd=cfg.fsdd, limit=cfg.analysis_limit, out=str(layout.analysis)),
                     deps=("prepare", "finetune-regular", "merge"), outputs=(layout.analysis / "analysis.jsonl",),
                     inputs=theta0, owns=(layout.analysis,), cost=_COST["analyze"]))
+    jobs += scratch_features(jobs, layout.out, cfg.size, made=set(made_by))
     return jobs, rows
+
+
+def scratch_features(jobs: list[Job], out: Path, size: str, made: set) -> list[Job]:
+    """Give the models a run makes itself (``made``: their record names) a scratch feature cache and
+    delete it once read: their features go under ``OUT/features/<model folder>/`` (unkeyed: moving a
+    cache reruns nothing), and after the last probe job that reads a task's split folders of a model
+    (and the extract jobs that fill them), a ``drop features`` job removes those folders. θ₀, FBANK
+    and a user's model keep the shared cache (``data_home()/features``), reused across runs.
+
+    Without this a study leaves ~16 GB of features of models nobody will probe again. Returns the
+    drop jobs (``always``: they run on every resume, after their dependencies, and cost nothing when
+    there is nothing to delete)."""
+    from .probe.runner import split_names
+
+    out = Path(out).resolve()
+
+    def scratch(ref: str) -> str:
+        p = Path(ref).resolve()
+        return str(out / "features" / file_name(str(p.relative_to(out) if p.is_relative_to(out) else p)))
+
+    probes = [j for j in jobs if j.fn is _probe]
+    made_refs = {j.kwargs["ref"] for j in probes if j.kwargs["name"] in made}
+    for j in probes:
+        if j.kwargs["ref"] in made_refs:
+            j.unkeyed["cache_dir"] = scratch(j.kwargs["ref"])
+    extracts = {j.kwargs["task"]: j for j in jobs if j.fn is _extract}
+    for j in extracts.values():
+        if made_refs & set(j.kwargs["refs"]):
+            j.unkeyed["cache_dirs"] = [scratch(r) if r in made_refs else None for r in j.kwargs["refs"]]
+    names = {t: split_names(t, size) for t in dict.fromkeys(j.kwargs["task"] for j in probes)}
+    readers: dict[str, list[Job]] = {}  # cache root -> probe jobs of models stored there
+    for j in probes:
+        if "cache_dir" in j.unkeyed:
+            readers.setdefault(j.unkeyed["cache_dir"], []).append(j)
+    drops = []
+    for r, js in readers.items():
+        for task in dict.fromkeys(j.kwargs["task"] for j in js):
+            overlap = [t for t in names if set(names[t]) & set(names[task])]  # tasks on the same audio
+            deps = [j.name for j in js if j.kwargs["task"] in overlap]
+            deps += [extracts[t].name for t in overlap if t in extracts]
+            drops.append(Job(f"drop features / {Path(r).name} / {task}", _drop_features,
+                             dict(root=r, names=names[task]), deps=tuple(dict.fromkeys(deps)), always=True, cost=0.0))
+    return drops
+
+
+def remove_empty_scratch(out: Path) -> None:
+    """After a complete run every drop job has emptied ``OUT/features``: remove the folder itself (not
+    in a drop job, which could race another worker creating its model's folder there)."""
+    scratch = Path(out) / "features"
+    if scratch.is_dir() and not any(scratch.iterdir()):
+        scratch.rmdir()
 
 
 def _prune_records(layout: Layout, jobs: list[Job]) -> None:
@@ -365,6 +428,7 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False, wo
     _prune_records(layout, jobs)
     log.info("reproduce: %d jobs on %d worker(s) x %d thread(s)", len(jobs), workers, threads)
     results = run_jobs(jobs, stages, workers=workers, threads=threads)
+    remove_empty_scratch(layout.out)
 
     from .report.markdown import write_report
 

@@ -24,7 +24,7 @@ from . import pipeline as P
 from .finetune.recipes import cnn_frozen, get_recipe
 from .merge.auto import parse_rule
 from .study_config import StudyConfig
-from .utils.io import atomic_write_text, check_writable
+from .utils.io import atomic_write_text, check_writable, file_name
 from .utils.jobs import Job, Stages, default_workers, run_jobs
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,6 @@ def _name(scenario: str, method: str, seed: int) -> str:
 def scenario_dir(out: Path, scenario: str) -> Path:
     """``OUT/scenarios/<scenario name as a file name>``."""
     return Path(out) / "scenarios" / file_name(scenario)
-
-
-def file_name(text: str) -> str:
-    """``text`` as a file name: characters other than letters, digits and ``-_.`` become ``-``."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
 
 
 def unlabelled_dir(languages, hours: float, seed: int = 0) -> Path:
@@ -435,6 +430,7 @@ def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint:
                                       results=str(results), out=str(root / "sweep")),
                                  deps=tuple(f"probe {n} / {t}" for n in models.values() for t in sweep_tasks[sc.name]),
                                  owns=(root / "sweep",), cost=2))
+    plan.jobs += P.scratch_features(plan.jobs, out, cfg.size, made=set(made_by))
     return plan
 
 
@@ -463,6 +459,7 @@ def study(cfg: StudyConfig, out_dir: str | Path, quick: bool = False, workers: O
     log.info("study: %d scenarios, %d jobs on %d worker(s) x %d thread(s)", len(cfg.scenarios), len(plan.jobs),
              workers, threads)
     results = run_jobs(plan.jobs, stages, workers=workers, threads=threads)
+    P.remove_empty_scratch(out)
     current = {k for j in plan.jobs if j.fn is P._probe for k in results[j.name]}
     report = write_study_report(out, cfg, plan, tasks, dropped, {j.name: stages.done[j.name] for j in plan.jobs},
                                 run_info={"workers": workers, "threads": threads, "jobs": len(plan.jobs)},

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -289,9 +290,16 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
                 "package_version": __version__, "probe": probe_opts}
         for k, (alpha, model) in enumerate(produced, 1):  # the overall progress line: α k of N
             log.info("α %d/%d (%g): probing %d task(s)", k, len(pending), alpha, len(pending[alpha]))
+            # an interpolation (0 < α < 1) exists only in this sweep: unless a cache was named, its features
+            # are scratch, under OUT/features, deleted once probed (θ₀ = α 0 and θ′ = α 1 keep the shared cache)
+            scratch = out_dir / "features" / f"alpha-{alpha:g}" if cache_dir is None and 0 < alpha < 1 else None
             recs = probe_fn(model, [task_objs[t] for t in pending[alpha]], probe_dir, seeds=tuple(probe_opts["seeds"]), size=size,
                             fsdd_root=fsdd_root, limit=limit, model_name=names[alpha], epochs=epochs,
-                            cache_dir=cache_dir, replace=True)
+                            cache_dir=str(scratch) if scratch else cache_dir, replace=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+                if (out_dir / "features").is_dir() and not any((out_dir / "features").iterdir()):
+                    (out_dir / "features").rmdir()
             for rec in aggregate(recs, alpha, pending[alpha], base):
                 append_jsonl(out_dir / SWEEP_FILE, {**rec, "data_key": data_keys[rec["task"]]})
             del model

@@ -7,6 +7,10 @@ split (``data_home()/features/<model key>/<corpus-subset-split>/`` by default)::
     shard-<tag>.pooled.npy  float32 [N_utts, L+1, F]    per-layer mean over each utterance's frames
     shard-<tag>.json        index: one entry per utterance {id, key, offset, frames, row}
 
+Next to the split folders, a model's folder holds ``model.json`` (the encoder's name) and
+``last-used`` (touched whenever its features are asked for), which ``speechft cache list`` and
+``speechft cache prune`` read.
+
 A *pooled-only* split (folder name ending ``-pooled``, :func:`split_folder`) holds no frame file: the
 tasks that read it (utterance classification, :func:`speechft.probe.train.uses_pooled`) only ever
 read pooled vectors, which are ~T times smaller than the frames (lite-sid, study size: MB instead of
@@ -30,6 +34,7 @@ import os
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -310,6 +315,25 @@ def ensure_features_many(
     return caches
 
 
+def split_name(task, split: str, size: str, pooled_only: bool = False) -> str:
+    """Folder name of one split's features under a model's folder: ``<corpus-subset-split>[-pooled]``
+    (user tasks: ``user-<name>-<manifest hash>-<split>``)."""
+    if task.manifests is not None:
+        digest = hashlib.sha1(str(task.manifests[("train", "dev", "test").index(split)]).encode()).hexdigest()[:8]
+        name = f"user-{task.name}-{digest}-{split}"
+    else:
+        corpus = task.corpus if size == "default" or task.corpus != "lite" else f"{task.corpus}_{size}"
+        name = f"{corpus}-{task.subset or task.name}-{split}"
+    return f"{name}-pooled" if pooled_only else name
+
+
+def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
+    """The feature cache's root: ``cache_dir``, else ``data_home()/features``."""
+    from ..paths import data_home
+
+    return Path(cache_dir).expanduser() if cache_dir else data_home() / "features"
+
+
 def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[str | Path] = None,
                  pooled_only: bool = False) -> Path:
     """``<cache_dir or data_home()/features>/<model key>/<corpus-subset-split>[-pooled]``.
@@ -318,13 +342,94 @@ def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[st
     manifest (its path hashed into the name). A pooled-only cache has its own folder (``-pooled``),
     so a task that reads frames never finds a folder without them.
     """
-    from ..paths import data_home
+    return cache_root(cache_dir) / model / split_name(task, split, size, pooled_only)
 
-    root = Path(cache_dir).expanduser() if cache_dir else data_home() / "features"
-    if task.manifests is not None:
-        digest = hashlib.sha1(str(task.manifests[("train", "dev", "test").index(split)]).encode()).hexdigest()[:8]
-        name = f"user-{task.name}-{digest}-{split}"
-    else:
-        corpus = task.corpus if size == "default" or task.corpus != "lite" else f"{task.corpus}_{size}"
-        name = f"{corpus}-{task.subset or task.name}-{split}"
-    return root / model / (f"{name}-pooled" if pooled_only else name)
+
+# -- one model's folder: what it holds, when it was last used; listing and pruning a cache root --------
+MODEL_INFO = "model.json"  # {"name": the encoder's name when its features were first extracted}
+LAST_USED = "last-used"  # empty file: its mtime is the last time features of this model were asked for
+
+
+def mark_used(model_dir: Path, name: Optional[str]) -> None:
+    """Record that ``model_dir``'s features were just asked for (and, the first time, whose they are).
+    A read-only cache stays usable: the marks are then skipped."""
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        info = model_dir / MODEL_INFO
+        if name and not info.exists():
+            atomic_write_json(info, {"name": str(name)})
+        (model_dir / LAST_USED).touch()
+    except OSError as e:
+        log.debug("feature cache: cannot mark %s as used (%s)", model_dir, e)
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    """One model's folder in a cache root."""
+
+    path: Path
+    name: Optional[str]  # the encoder's name, when known
+    splits: int  # split folders
+    bytes: int
+    last_used: float  # seconds since the epoch: the last extraction or read request (else the newest file)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.path.name
+
+
+def _model_entry(folder: Path) -> CachedModel:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    marker = folder / LAST_USED
+    last = marker.stat().st_mtime if marker.exists() else max((p.stat().st_mtime for p in files), default=0.0)
+    try:
+        name = json.loads((folder / MODEL_INFO).read_text()).get("name")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        name = None
+    return CachedModel(folder, name, sum(1 for p in folder.iterdir() if p.is_dir()),
+                       sum(p.stat().st_size for p in files), last)
+
+
+def list_cache(root: str | Path) -> list[CachedModel]:
+    """Every model folder under ``root``, most recently used first (none when ``root`` does not exist)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((_model_entry(p) for p in root.iterdir() if p.is_dir()), key=lambda m: -m.last_used)
+
+
+def prune_cache(root: str | Path, older_than_days: Optional[float] = None, dry_run: bool = False) -> list[CachedModel]:
+    """Remove the model folders of ``root`` not used for ``older_than_days`` days (``None``: all of
+    them); returns what was (or, with ``dry_run``, would be) removed. An extraction in progress that
+    loses its folder fails; run this when no probe is running."""
+    import shutil
+
+    if older_than_days is not None and older_than_days < 0:
+        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    gone = [m for m in list_cache(root) if cutoff is None or m.last_used < cutoff]
+    if not dry_run:
+        for m in gone:
+            shutil.rmtree(m.path)
+    return gone
+
+
+def drop_splits(root: str | Path, names: Sequence[str]) -> int:
+    """Remove the split folders ``names`` from every model folder under ``root`` (then model folders
+    left with no split, and ``root`` itself when empty); returns the bytes freed."""
+    import shutil
+
+    root, freed = Path(root), 0
+    if not root.is_dir():
+        return 0
+    for model_dir in [p for p in root.iterdir() if p.is_dir()]:
+        for name in names:
+            folder = model_dir / name
+            if folder.is_dir():
+                freed += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+                shutil.rmtree(folder)
+        if not any(p.is_dir() for p in model_dir.iterdir()):
+            shutil.rmtree(model_dir)
+    if not any(root.iterdir()):
+        root.rmdir()
+    return freed

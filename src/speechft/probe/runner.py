@@ -136,32 +136,47 @@ def extract_features(
     skip_bad: bool = False,
     progress: bool = True,
     extract_batch_seconds: float = fcache.EXTRACT_BATCH_SECONDS,
+    cache_dirs: Optional[Sequence[Optional[Union[str, Path]]]] = None,
 ) -> None:
     """Fill the feature caches :func:`run_probe` reads, for several models in one pass per split.
 
     ``models``: references or encoders. Models sharing a CNN (a pre-trained model and its Stable-FT /
     Speech-FT descendants) compute it once per batch, so probing them afterwards skips most of the
     encoder time; the cached features are bit-identical to what :func:`run_probe` would extract.
+    ``cache_dirs``: one cache root per model (``None`` entries: ``cache_dir``), e.g. a run's own
+    scratch folder for the models it made.
     """
     from ..models.io import load_encoder
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    roots = list(cache_dirs) if cache_dirs is not None else [None] * len(models)
+    if len(roots) != len(models):
+        raise ValueError(f"{len(models)} models but {len(roots)} cache folders")
     encoders, seen = [], set()
-    for m in models:
+    for m, root in zip(models, roots):
         e = load_encoder(str(m)) if isinstance(m, (str, Path)) else m
-        key = fcache.model_key(e)
-        if key not in seen:  # the same weights twice would write the same cache twice
-            seen.add(key)
-            encoders.append((key, e.to(device) if device != "cpu" else e))
+        key, root = fcache.model_key(e), root or cache_dir
+        if (key, str(root)) not in seen:  # the same weights twice would write the same cache twice
+            seen.add((key, str(root)))
+            encoders.append((key, root, e.to(device) if device != "cpu" else e))
     for task in _resolve_tasks(tasks):
         manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
         for s, rows in probe_rows(task, manifests, skip_bad, limit).items():
             pooled = uses_pooled(task)
-            folders = [fcache.split_folder(task, s, size, key, cache_dir, pooled) for key, _ in encoders]
-            fcache.ensure_features_many([e for _, e in encoders], rows, folders, batch_seconds=extract_batch_seconds,
+            folders = [fcache.split_folder(task, s, size, key, root, pooled) for key, root, _ in encoders]
+            for f, (_, _, e) in zip(folders, encoders):
+                fcache.mark_used(f.parent, getattr(e, "name", None))
+            fcache.ensure_features_many([e for _, _, e in encoders], rows, folders, batch_seconds=extract_batch_seconds,
                                         device=device, desc=f"{task.name} {s} features", progress=progress,
                                         pooled_only=pooled)
+
+
+def split_names(task: Union[str, Task], size: str = "default") -> list[str]:
+    """The folder names of a task's train, dev and test features under a model's cache folder
+    (tasks on the same audio share them: fsdd-ks and fsdd-sid)."""
+    task = _resolve_tasks([task])[0]
+    return [fcache.split_name(task, s, size, uses_pooled(task)) for s in ("train", "dev", "test")]
 
 
 def data_provenance(task: Task, manifests: dict, rows: dict, size: str, limit: Optional[int]) -> dict:
@@ -284,6 +299,7 @@ def _extract_sources(encoder, mkey: str, plan: TaskPlan, size: str, cache_dir, e
     pooled = uses_pooled(plan.task)
     for s, rs in plan.rows.items():
         folder = fcache.split_folder(plan.task, s, size, mkey, cache_dir, pooled)
+        fcache.mark_used(folder.parent, getattr(encoder, "name", None))
         c = fcache.ensure_features(encoder, rs, folder, batch_seconds=extract_bs, device=device,
                                    desc=f"{plan.task.name} {s} features", progress=progress, pooled_only=pooled)
         sources[s] = CachedSource(c, [r.id for r in rs])

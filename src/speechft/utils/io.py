@@ -223,3 +223,8 @@ def check_not_input(out: str | os.PathLike, inputs: Any, what: str = "--out", *,
                 shown += f" (both resolve to {in_r})" if in_r == out_r else f" ({in_r}; {what} is {out_r})"
             raise ValueError(f"{what} {out} {problem} {shown}; writing it would {harm} that input: "
                              f"choose another {what}")
+
+
+def file_name(text: str) -> str:
+    """``text`` as a file name: characters other than letters, digits and ``-_.`` become ``-``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")

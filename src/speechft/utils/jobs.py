@@ -49,6 +49,14 @@ class Job:
     inputs: dict = field(default_factory=dict)  # more provenance (JSON-able), e.g. {"model": <fingerprint>}
     owns: tuple = ()  # folders only this job writes: removed before it runs with a new key
     always: bool = False  # cheap jobs (data preparation, itself cached) that run every time: their result feeds keys
+    # Keyword arguments that cannot change the result, only where content-keyed scratch data lives (a
+    # feature cache folder): passed to the function like ``kwargs`` but not part of the key, so moving
+    # a cache never reruns a job.
+    unkeyed: dict = field(default_factory=dict)
+
+    def call_kwargs(self) -> dict:
+        """Everything the function is called with: ``kwargs`` and ``unkeyed``."""
+        return {**self.kwargs, **self.unkeyed}
 
 
 def job_key(job: Job, results: dict) -> str:
@@ -259,7 +267,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                 keys[n] = job_key(job, results)
                 if job.always:
                     launch(n)
-                    t0, t1, _, result = _call(job.fn, job.kwargs)
+                    t0, t1, _, result = _call(job.fn, job.call_kwargs())
                     finish(n, t0, t1, None, result)
                     settled = True
                 elif stages.is_done(job, keys[n]):
@@ -267,6 +275,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                     log.info("%s: done already with the same inputs (%.0f s), skipping", n, rec["seconds"])
                     results[n] = rec.get("result") if rec.get("result") is not None else keys[n]
                     del waiting[n]
+                    bar.update(1)
                     settled = True
             if not settled:
                 return sorted(ready, key=lambda n: -prio[n])
@@ -284,6 +293,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                       provenance=job_provenance(by_name[name], results))
         results[name] = result if result is not None else keys[name]
         del waiting[name]
+        bar.update(1)  # every job counts once: run, run here (``always``) or skipped
 
     from tqdm.auto import tqdm
 
@@ -296,7 +306,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                     break
                 name = ready[0]
                 job = launch(name)
-                t0, t1, _, result = _call(job.fn, job.kwargs)
+                t0, t1, _, result = _call(job.fn, job.call_kwargs())
                 finish(name, t0, t1, None, result)
             return results
         import multiprocessing
@@ -314,7 +324,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                         if len(running) >= workers:
                             break
                         job = launch(name)
-                        running[pool.submit(_call, job.fn, job.kwargs)] = name
+                        running[pool.submit(_call, job.fn, job.call_kwargs())] = name
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -328,7 +338,6 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                         continue
                     finish(name, t0, t1, pid, result)
                     log.info("stage %s: done in %.0f s", name, t1 - t0)
-                    bar.update(1)
                     bar.set_postfix_str(", ".join(sorted(running.values()))[:60])
         if error is not None:
             raise error
