@@ -61,7 +61,9 @@ RULES = by_name([
 # for every task but speaker ones (what content fine-tuning erodes most in the study), keywords for those.
 HELD_OUT_DEFAULT, HELD_OUT_FOR_SPEAKER = "lite-sid", "lite-ks"
 FEW_SHOT = 50  # held-out: at most this many utterances per split of the held-out task
-DEFAULT_RULE = "cka"  # measured best of the rules on the study's scenarios (docs/alpha/report.md)
+# Chosen on the first alpha_choice run (v2 encoder: best mean Δ over the study's scenarios); the re-run with
+# v3 singles out no rule (all within the intervals; docs/merge.md "How the rules compare").
+DEFAULT_RULE = "cka"
 
 
 @dataclass(frozen=True)
