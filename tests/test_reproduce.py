@@ -147,6 +147,13 @@ def test_models_the_run_makes_get_a_scratch_feature_cache_dropped_after_their_la
     assert not any(n.startswith("drop features / ") and "pre-trained" in n for n in by)
     dropped_roots = {j.kwargs["root"] for j in jobs if j.name.startswith("drop features / ")}
     assert dropped_roots == {j.unkeyed["cache_dir"] for j in jobs if "cache_dir" in j.unkeyed}
+    # scratch folders of models no longer in the plan (an interrupted run, then another config) go before it runs
+    from speechft.pipeline import prune_scratch
+
+    for name in ("finetune-stable-encoder", "finetune-l2sp-encoder"):
+        (scratch / name / "fp" / "lite-lite-ks-train-pooled").mkdir(parents=True)
+    prune_scratch(tmp_path, jobs)
+    assert sorted(p.name for p in scratch.iterdir()) == ["finetune-stable-encoder"]
     # where a cache lives is not part of any key: moving it reruns nothing
     j = by["probe Stable-FT / lite-ks"]
     before = job_key(j, {d: "x" for d in j.deps})

@@ -385,6 +385,20 @@ def scratch_features(jobs: list[Job], out: Path, size: str, made: set) -> list[J
     return drops
 
 
+def prune_scratch(out: Path, jobs: list[Job]) -> None:
+    """Before any worker starts: remove the scratch feature folders of models no longer in the plan
+    (``OUT/features/<model folder>`` that no drop job of ``jobs`` covers), left by an interrupted run
+    whose config then changed."""
+    import shutil
+
+    scratch = Path(out) / "features"
+    keep = {Path(j.kwargs["root"]).name for j in jobs if j.fn is _drop_features}
+    for p in sorted(scratch.iterdir()) if scratch.is_dir() else []:
+        if p.is_dir() and p.name not in keep:
+            log.info("%s: removing the features of a model no longer in the config", p)
+            shutil.rmtree(p)
+
+
 def remove_empty_scratch(out: Path) -> None:
     """After a complete run every drop job has emptied ``OUT/features``: remove the folder itself (not
     in a drop job, which could race another worker creating its model's folder there)."""
@@ -426,6 +440,7 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False, wo
     workers, threads = default_workers(workers)
     jobs, rows = plan_jobs(cfg, layout.out, tasks, model_fingerprint=load_encoder(cfg.model).fingerprint())
     _prune_records(layout, jobs)
+    prune_scratch(layout.out, jobs)
     log.info("reproduce: %d jobs on %d worker(s) x %d thread(s)", len(jobs), workers, threads)
     results = run_jobs(jobs, stages, workers=workers, threads=threads)
     remove_empty_scratch(layout.out)

@@ -455,6 +455,7 @@ def study(cfg: StudyConfig, out_dir: str | Path, quick: bool = False, workers: O
     workers, threads = default_workers(workers)
     plan = plan_study(cfg, out, tasks, model_fingerprint=load_encoder(cfg.model).fingerprint())
     P._prune_records(P.Layout(out), plan.jobs)
+    P.prune_scratch(out, plan.jobs)
     stages = Stages(out)
     log.info("study: %d scenarios, %d jobs on %d worker(s) x %d thread(s)", len(cfg.scenarios), len(plan.jobs),
              workers, threads)
