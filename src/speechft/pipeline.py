@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from .pipeline_config import ReproduceConfig
-from .utils.io import atomic_write_text, check_writable, file_name, read_jsonl, rewrite_jsonl
+from .utils.io import atomic_write_text, check_writable, file_name, read_jsonl, remove_empty_dir, rewrite_jsonl
 from .utils.jobs import Job, Stages, default_workers, run_jobs
 
 log = logging.getLogger(__name__)
@@ -342,6 +342,11 @@ def plan_jobs(cfg: ReproduceConfig, out: Path, tasks: list[str], model_fingerpri
     return jobs, rows
 
 
+def scratch_root(out: Path) -> Path:
+    """``OUT/features``: the scratch feature caches of the models a run makes itself."""
+    return Path(out) / "features"
+
+
 def scratch_features(jobs: list[Job], out: Path, size: str, made: set) -> list[Job]:
     """Give the models a run makes itself (``made``: their record names) a scratch feature cache and
     delete it once read: their features go under ``OUT/features/<model folder>/`` (unkeyed: moving a
@@ -358,7 +363,7 @@ def scratch_features(jobs: list[Job], out: Path, size: str, made: set) -> list[J
 
     def scratch(ref: str) -> str:
         p = Path(ref).resolve()
-        return str(out / "features" / file_name(str(p.relative_to(out) if p.is_relative_to(out) else p)))
+        return str(scratch_root(out) / file_name(str(p.relative_to(out) if p.is_relative_to(out) else p)))
 
     probes = [j for j in jobs if j.fn is _probe]
     made_refs = {j.kwargs["ref"] for j in probes if j.kwargs["name"] in made}
@@ -391,20 +396,12 @@ def prune_scratch(out: Path, jobs: list[Job]) -> None:
     whose config then changed."""
     import shutil
 
-    scratch = Path(out) / "features"
+    scratch = scratch_root(out)
     keep = {Path(j.kwargs["root"]).name for j in jobs if j.fn is _drop_features}
     for p in sorted(scratch.iterdir()) if scratch.is_dir() else []:
         if p.is_dir() and p.name not in keep:
             log.info("%s: removing the features of a model no longer in the config", p)
             shutil.rmtree(p)
-
-
-def remove_empty_scratch(out: Path) -> None:
-    """After a complete run every drop job has emptied ``OUT/features``: remove the folder itself (not
-    in a drop job, which could race another worker creating its model's folder there)."""
-    scratch = Path(out) / "features"
-    if scratch.is_dir() and not any(scratch.iterdir()):
-        scratch.rmdir()
 
 
 def _prune_records(layout: Layout, jobs: list[Job]) -> None:
@@ -443,7 +440,9 @@ def reproduce(cfg: ReproduceConfig, out_dir: str | Path, quick: bool = False, wo
     prune_scratch(layout.out, jobs)
     log.info("reproduce: %d jobs on %d worker(s) x %d thread(s)", len(jobs), workers, threads)
     results = run_jobs(jobs, stages, workers=workers, threads=threads)
-    remove_empty_scratch(layout.out)
+    # the drop jobs emptied OUT/features; removed here, not by a drop job (another worker may be creating a
+    # model's folder in it meanwhile)
+    remove_empty_dir(scratch_root(layout.out))
 
     from .report.markdown import write_report
 

@@ -62,8 +62,6 @@ def prune_command(
     with user_errors():
         if (older_than is None) == (not all_models):
             raise ValueError("say which models to remove: --older-than DAYS or --all (not both)")
-        if older_than is not None and older_than < 0:
-            raise ValueError(f"--older-than must be a number of days >= 0, not {older_than:g}")
         gone = prune_cache(cache_root(cache_dir), None if all_models else older_than, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for m in gone:

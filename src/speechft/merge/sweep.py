@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .. import __version__
-from ..utils.io import append_jsonl, atomic_write_json, check_not_input, check_writable, read_jsonl, rewrite_jsonl
+from ..utils.io import (append_jsonl, atomic_write_json, check_not_input, check_writable, read_jsonl, remove_empty_dir,
+                        rewrite_jsonl)
 from .keys import plan_keys
 from .merge import build_card, merge_models, merge_tensor, open_sources, stream_merge
 from .methods import MergeParams, check_params, describe, get_method
@@ -298,8 +299,7 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
                             cache_dir=str(scratch) if scratch else cache_dir, replace=True)
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
-                if (out_dir / "features").is_dir() and not any((out_dir / "features").iterdir()):
-                    (out_dir / "features").rmdir()
+                remove_empty_dir(scratch.parent)
             for rec in aggregate(recs, alpha, pending[alpha], base):
                 append_jsonl(out_dir / SWEEP_FILE, {**rec, "data_key": data_keys[rec["task"]]})
             del model

@@ -43,7 +43,7 @@ import torch
 
 from ..data.manifest import Utterance
 from ..data.sampler import pack_batches
-from ..utils.io import atomic_write_json, check_writable
+from ..utils.io import atomic_write_json, check_writable, remove_empty_dir
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,11 @@ def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir else data_home() / "features"
 
 
+def model_folder(model: str, cache_dir: Optional[str | Path] = None) -> Path:
+    """``<cache_dir or data_home()/features>/<model key>``: one model's split folders."""
+    return cache_root(cache_dir) / model
+
+
 def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[str | Path] = None,
                  pooled_only: bool = False) -> Path:
     """``<cache_dir or data_home()/features>/<model key>/<corpus-subset-split>[-pooled]``.
@@ -342,7 +347,7 @@ def split_folder(task, split: str, size: str, model: str, cache_dir: Optional[st
     manifest (its path hashed into the name). A pooled-only cache has its own folder (``-pooled``),
     so a task that reads frames never finds a folder without them.
     """
-    return cache_root(cache_dir) / model / split_name(task, split, size, pooled_only)
+    return model_folder(model, cache_dir) / split_name(task, split, size, pooled_only)
 
 
 # -- one model's folder: what it holds, when it was last used; listing and pruning a cache root --------
@@ -405,7 +410,7 @@ def prune_cache(root: str | Path, older_than_days: Optional[float] = None, dry_r
     import shutil
 
     if older_than_days is not None and older_than_days < 0:
-        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
+        raise ValueError(f"--older-than must be a number of days >= 0, not {older_than_days:g}")
     cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
     gone = [m for m in list_cache(root) if cutoff is None or m.last_used < cutoff]
     if not dry_run:
@@ -430,6 +435,5 @@ def drop_splits(root: str | Path, names: Sequence[str]) -> int:
                 shutil.rmtree(folder)
         if not any(p.is_dir() for p in model_dir.iterdir()):
             shutil.rmtree(model_dir)
-    if not any(root.iterdir()):
-        root.rmdir()
+    remove_empty_dir(root)
     return freed

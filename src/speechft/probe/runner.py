@@ -160,13 +160,12 @@ def extract_features(
         if (key, str(root)) not in seen:  # the same weights twice would write the same cache twice
             seen.add((key, str(root)))
             encoders.append((key, root, e.to(device) if device != "cpu" else e))
+            fcache.mark_used(fcache.model_folder(key, root), getattr(e, "name", None))
     for task in _resolve_tasks(tasks):
         manifests = task.resolve_manifests(size=size, fsdd_root=fsdd_root)
         for s, rows in probe_rows(task, manifests, skip_bad, limit).items():
             pooled = uses_pooled(task)
             folders = [fcache.split_folder(task, s, size, key, root, pooled) for key, root, _ in encoders]
-            for f, (_, _, e) in zip(folders, encoders):
-                fcache.mark_used(f.parent, getattr(e, "name", None))
             fcache.ensure_features_many([e for _, _, e in encoders], rows, folders, batch_seconds=extract_batch_seconds,
                                         device=device, desc=f"{task.name} {s} features", progress=progress,
                                         pooled_only=pooled)
@@ -297,9 +296,9 @@ def _extract_sources(encoder, mkey: str, plan: TaskPlan, size: str, cache_dir, e
     reads pooled vectors only (:func:`uses_pooled`) gets a pooled-only cache: no frames on disk."""
     sources = {}
     pooled = uses_pooled(plan.task)
+    fcache.mark_used(fcache.model_folder(mkey, cache_dir), getattr(encoder, "name", None))
     for s, rs in plan.rows.items():
         folder = fcache.split_folder(plan.task, s, size, mkey, cache_dir, pooled)
-        fcache.mark_used(folder.parent, getattr(encoder, "name", None))
         c = fcache.ensure_features(encoder, rs, folder, batch_seconds=extract_bs, device=device,
                                    desc=f"{plan.task.name} {s} features", progress=progress, pooled_only=pooled)
         sources[s] = CachedSource(c, [r.id for r in rs])

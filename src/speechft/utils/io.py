@@ -225,6 +225,13 @@ def check_not_input(out: str | os.PathLike, inputs: Any, what: str = "--out", *,
                              f"choose another {what}")
 
 
+def remove_empty_dir(path: str | os.PathLike) -> None:
+    """Remove the folder ``path`` when it exists and is empty (a folder with anything in it stays)."""
+    path = Path(path)
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
 def file_name(text: str) -> str:
     """``text`` as a file name: characters other than letters, digits and ``-_.`` become ``-``."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
