@@ -51,6 +51,31 @@ def test_unkeyed_arguments_reach_the_function_but_not_the_key(tmp_path):
         run_jobs([Job("b", _log, dict(path=log, name="b"), unkeyed={"nowhere": 1})], Stages(tmp_path), workers=1)
 
 
+def _read(path, log):
+    append_jsonl(log, {"name": "read"})
+    return [path.read_text()]
+
+
+def test_always_jobs_run_every_time_but_are_recorded_only_when_their_result_changes(tmp_path):
+    src, log, stages = tmp_path / "src.txt", tmp_path / "log.jsonl", tmp_path / "stages.jsonl"
+    src.write_text("one")
+
+    def jobs():
+        return [Job("prepare", _read, dict(path=src, log=log), always=True),
+                Job("use", _log, dict(path=log, name="use"), deps=("prepare",))]
+
+    run_jobs(jobs(), Stages(tmp_path), workers=1)
+    lines = len(read_jsonl(stages))
+    run_jobs(jobs(), Stages(tmp_path), workers=1)  # ran again (it is cheap and may see new data), same result
+    assert [r["name"] for r in read_jsonl(log)] == ["read", "use", "read"]
+    assert len(read_jsonl(stages)) == lines  # a resume of a finished graph writes nothing
+    src.write_text("two")  # a new result is recorded, and what consumes it runs again
+    run_jobs(jobs(), Stages(tmp_path), workers=1)
+    assert [r["name"] for r in read_jsonl(log)][3:] == ["read", "use"]
+    done = [r for r in read_jsonl(stages) if r["stage"] == "prepare" and r["status"] == "done"]
+    assert [r["result"] for r in done] == [["one"], ["two"]]
+
+
 def _meet(path, name, other, timeout=60.0):
     """Wait until job ``other`` has started too: only possible when both run at the same time (a
     fixed sleep is not: a second worker process can take longer to start than the first one's job)."""

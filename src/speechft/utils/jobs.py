@@ -7,7 +7,9 @@ the jobs it consumes (what a job function returns, e.g. the content digest of th
 :func:`run_jobs` skips every job recorded as done with an equal key (and its outputs present); a job
 whose key changed runs again, after the folders it ``owns`` are cleared (so a fine-tuning never
 resumes from a checkpoint made with other settings), and so, through its new result, does
-everything downstream of it. The rest runs:
+everything downstream of it. Cheap ``always`` jobs (data preparation, dropping scratch features)
+run on every call, in this process, and are recorded only when their result changed, so resuming a
+finished graph appends nothing to ``stages.jsonl``. The rest runs:
 
 * ``workers == 1``: one after the other in this process, dependencies first;
 * ``workers > 1``: on a pool of spawned processes, each limited to ``threads`` torch threads, the
@@ -22,6 +24,7 @@ is one ``write`` on an ``O_APPEND`` descriptor: concurrent appends never interle
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -226,6 +229,11 @@ def _call(fn: Callable, kwargs: dict) -> tuple[float, float, int, object]:
     return t0, time.time(), os.getpid(), result
 
 
+def _as_json(value):
+    """``value`` as it reads back from ``stages.jsonl`` (tuples become lists, and so on)."""
+    return json.loads(json.dumps(value))
+
+
 def _clear_owned(job: Job, stages: Stages, key: str, provenance: dict) -> None:
     """Before a job runs with a key other than the one it last ran with (or with no record of
     running), remove what it owns, so it starts from nothing instead of resuming stale state."""
@@ -266,9 +274,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                 job = by_name[n]
                 keys[n] = job_key(job, results)
                 if job.always:
-                    launch(n)
-                    t0, t1, _, result = _call(job.fn, job.call_kwargs())
-                    finish(n, t0, t1, None, result)
+                    run_here(n)
                     settled = True
                 elif stages.is_done(job, keys[n]):
                     rec = stages.done[n]
@@ -287,6 +293,22 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
         stages.start(name, keys[name], prov)
         log.debug("stage %s: starting", name)  # the bar names the running jobs; one line when each is done
         return job
+
+    def run_here(name: str) -> None:
+        """Run an ``always`` job in this process. It is recorded only when its result differs from
+        the one recorded with the same key: resuming a finished run appends nothing to
+        ``stages.jsonl``, however often it is resumed."""
+        job = by_name[name]
+        prov = job_provenance(job, results)
+        _clear_owned(job, stages, keys[name], prov)
+        t0, t1, _, result = _call(job.fn, job.call_kwargs())
+        if stages.is_done(job, keys[name]) and stages.done[name].get("result") == _as_json(result):
+            results[name] = result if result is not None else keys[name]
+            del waiting[name]
+            bar.update(1)
+            return
+        stages.start(name, keys[name], prov)
+        finish(name, t0, t1, None, result)
 
     def finish(name: str, t0: float, t1: float, pid: Optional[int], result) -> None:
         stages.record(name, t0, t1, worker=pid, key=keys[name], result=result,
