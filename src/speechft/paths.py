@@ -29,6 +29,13 @@ def data_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "speechft"
 
 
+def scratch_root(out: str | Path) -> Path:
+    """``OUT/features``: the scratch feature caches of the models a run (reproduce, study, sweep) makes
+    itself, deleted once they are probed; every other model's features go to the shared cache
+    (``data_home()/features`` or ``--cache-dir``)."""
+    return Path(out) / "features"
+
+
 def default_fsdd_root() -> Path | None:
     """FSDD location: ``$SPEECHFT_FSDD``, else ``../shared/data/fsdd`` next to the project (when present)."""
     env = os.environ.get("SPEECHFT_FSDD")

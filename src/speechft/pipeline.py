@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .paths import scratch_root
 from .pipeline_config import ReproduceConfig
 from .utils.io import atomic_write_text, check_writable, file_name, read_jsonl, remove_empty_dir, rewrite_jsonl
 from .utils.jobs import Job, Stages, default_workers, run_jobs
@@ -340,11 +341,6 @@ def plan_jobs(cfg: ReproduceConfig, out: Path, tasks: list[str], model_fingerpri
                     inputs=theta0, owns=(layout.analysis,), cost=_COST["analyze"]))
     jobs += scratch_features(jobs, layout.out, cfg.size, made=set(made_by))
     return jobs, rows
-
-
-def scratch_root(out: Path) -> Path:
-    """``OUT/features``: the scratch feature caches of the models a run makes itself."""
-    return Path(out) / "features"
 
 
 def scratch_features(jobs: list[Job], out: Path, size: str, made: set) -> list[Job]:

@@ -23,6 +23,7 @@ from typing import Optional
 from . import pipeline as P
 from .finetune.recipes import cnn_frozen, get_recipe
 from .merge.auto import parse_rule
+from .paths import scratch_root
 from .study_config import StudyConfig
 from .utils.io import atomic_write_text, check_writable, file_name, remove_empty_dir
 from .utils.jobs import Job, Stages, default_workers, run_jobs
@@ -460,7 +461,7 @@ def study(cfg: StudyConfig, out_dir: str | Path, quick: bool = False, workers: O
     log.info("study: %d scenarios, %d jobs on %d worker(s) x %d thread(s)", len(cfg.scenarios), len(plan.jobs),
              workers, threads)
     results = run_jobs(plan.jobs, stages, workers=workers, threads=threads)
-    remove_empty_dir(P.scratch_root(out))  # emptied by the drop jobs
+    remove_empty_dir(scratch_root(out))  # emptied by the drop jobs
     current = {k for j in plan.jobs if j.fn is P._probe for k in results[j.name]}
     report = write_study_report(out, cfg, plan, tasks, dropped, {j.name: stages.done[j.name] for j in plan.jobs},
                                 run_info={"workers": workers, "threads": threads, "jobs": len(plan.jobs)},

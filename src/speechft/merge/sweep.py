@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .. import __version__
+from ..paths import scratch_root
 from ..utils.io import (append_jsonl, atomic_write_json, check_not_input, check_writable, read_jsonl, remove_empty_dir,
                         rewrite_jsonl)
 from .keys import plan_keys
@@ -293,7 +294,7 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
             log.info("α %d/%d (%g): probing %d task(s)", k, len(pending), alpha, len(pending[alpha]))
             # an interpolation (0 < α < 1) exists only in this sweep: unless a cache was named, its features
             # are scratch, under OUT/features, deleted once probed (θ₀ = α 0 and θ′ = α 1 keep the shared cache)
-            scratch = out_dir / "features" / f"alpha-{alpha:g}" if cache_dir is None and 0 < alpha < 1 else None
+            scratch = scratch_root(out_dir) / f"alpha-{alpha:g}" if cache_dir is None and 0 < alpha < 1 else None
             recs = probe_fn(model, [task_objs[t] for t in pending[alpha]], probe_dir, seeds=tuple(probe_opts["seeds"]), size=size,
                             fsdd_root=fsdd_root, limit=limit, model_name=names[alpha], epochs=epochs,
                             cache_dir=str(scratch) if scratch else cache_dir, replace=True)
