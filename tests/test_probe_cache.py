@@ -339,9 +339,9 @@ def test_cache_lists_models_by_last_use_and_prunes_the_unused(tmp_path, tones):
     assert all(m.name == "tiny-test" and m.splits == 3 and m.bytes > 0 for m in models)
     assert fcache.list_cache(tmp_path / "nowhere") == []
 
-    assert [m.fingerprint for m in fcache.prune_cache(root, 1.0, dry_run=True)] == [old.fingerprint()]
+    assert [m.fingerprint for m in fcache.prune_cache(root, 1.0, dry_run=True)[0]] == [old.fingerprint()]
     assert (root / old.fingerprint()).is_dir()  # a dry run removes nothing
-    assert [m.fingerprint for m in fcache.prune_cache(root, 1.0)] == [old.fingerprint()]
+    assert [m.fingerprint for m in fcache.prune_cache(root, 1.0)[0]] == [old.fingerprint()]
     assert [m.fingerprint for m in fcache.list_cache(root)] == [new.fingerprint()]
     # a pruned model is extracted again when next probed (with a new seed: nothing to reuse)
     old.forwards = 0
@@ -357,6 +357,43 @@ def test_cache_lists_models_by_last_use_and_prunes_the_unused(tmp_path, tones):
     assert res.exit_code == 2 and "--older-than must be" in res.output
     res = runner.invoke(app, ["cache", "prune", "--all", "--cache-dir", str(root)])
     assert res.exit_code == 0 and "removed 2 model(s)" in res.output and fcache.list_cache(root) == []
+
+
+def test_prune_keeps_the_folders_a_running_process_uses(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from speechft.cli import app
+    from typer.testing import CliRunner
+
+    root, host = tmp_path / "cache", socket.gethostname()
+    for model in ("busy", "ended", "far", "far-stale"):
+        (root / model / "a-train").mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (root / "busy" / fcache._in_use_name(host, other.pid)).touch()  # a probe running in another process
+        done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        (root / "ended" / fcache._in_use_name(host, int(done.stdout))).touch()  # one that has ended: ignored
+        (root / "far" / fcache._in_use_name("elsewhere", 7)).touch()  # another host: live while touched recently
+        stale = root / "far-stale" / fcache._in_use_name("elsewhere", 8)
+        stale.touch()
+        os.utime(stale, (time.time() - 13 * 3600,) * 2)
+        assert {m.fingerprint: m.users for m in fcache.list_cache(root)} == {
+            "busy": (f"{host}:{other.pid}",), "ended": (), "far": ("elsewhere:7",), "far-stale": ()}
+        res = CliRunner().invoke(app, ["cache", "prune", "--all", "--cache-dir", str(root)])
+        assert res.exit_code == 0 and "removed 2 model(s)" in res.output, res.output
+        assert f"kept busy  (unknown): in use by {host}:{other.pid}" in res.output
+        assert sorted(p.name for p in root.iterdir()) == ["busy", "far"]
+        fcache.mark_used(root / "busy", "x")  # this process's own mark does not hold its own prune back
+        assert fcache.list_cache(root)[0].users == (f"{host}:{other.pid}",)
+    finally:
+        other.kill()
+        other.wait()
+    gone, busy = fcache.prune_cache(root)  # the other process has ended: its folder goes
+    assert [m.fingerprint for m in gone] == ["busy"] and [m.fingerprint for m in busy] == ["far"]
 
 
 def test_drop_splits_removes_the_named_folders_then_empty_model_folders(tmp_path):

@@ -43,8 +43,9 @@ def list_command(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", h
     now = time.time()
     typer.echo(f"{root}: {len(models)} model(s), {_size(sum(m.bytes for m in models))}")
     for m in models:
+        busy = f"  in use by {', '.join(m.users)}" if m.users else ""
         typer.echo(f"  {m.fingerprint}  {m.name or '(unknown)':<28} {m.splits:3d} splits  {_size(m.bytes):>10}  "
-                   f"used {_age(now - m.last_used)}")
+                   f"used {_age(now - m.last_used)}{busy}")
 
 
 @app.command("prune")
@@ -56,14 +57,16 @@ def prune_command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
 ) -> None:
     """Remove model folders from the feature cache; they are extracted again when next probed.
-    Run it when no probe is running: an extraction whose folder disappears fails."""
+    Folders a running probe is using are kept (and named)."""
     from ..probe.cache import cache_root, prune_cache
 
     with user_errors():
         if (older_than is None) == (not all_models):
             raise ValueError("say which models to remove: --older-than DAYS or --all (not both)")
-        gone = prune_cache(cache_root(cache_dir), None if all_models else older_than, dry_run=dry_run)
+        gone, busy = prune_cache(cache_root(cache_dir), None if all_models else older_than, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for m in gone:
         typer.echo(f"  {verb} {m.fingerprint}  {m.name or '(unknown)'}  {_size(m.bytes)}")
+    for m in busy:
+        typer.echo(f"  kept {m.fingerprint}  {m.name or '(unknown)'}: in use by {', '.join(m.users)}")
     typer.echo(f"{verb} {len(gone)} model(s), {_size(sum(m.bytes for m in gone))}")

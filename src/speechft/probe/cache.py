@@ -355,17 +355,82 @@ MODEL_INFO = "model.json"  # {"name": the encoder's name when its features were 
 LAST_USED = "last-used"  # empty file: its mtime is the last time features of this model were asked for
 
 
+IN_USE = "in-use-"  # empty file "in-use-<host>-<pid>" while that process may read or write the folder
+FOREIGN_IN_USE_HOURS = 12.0  # a mark of another host's process counts as live for this long after its last touch
+_claimed: set[Path] = set()  # model folders this process has marked in use (released at exit)
+
+
 def mark_used(model_dir: Path, name: Optional[str]) -> None:
-    """Record that ``model_dir``'s features were just asked for (and, the first time, whose they are).
-    A read-only cache stays usable: the marks are then skipped."""
+    """Record that ``model_dir``'s features were just asked for (and, the first time, whose they are),
+    and that this process uses the folder until it exits (:func:`users`: `speechft cache prune`
+    keeps such folders). A read-only cache stays usable: the marks are then skipped."""
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
         info = model_dir / MODEL_INFO
         if name and not info.exists():
             atomic_write_json(info, {"name": str(name)})
         (model_dir / LAST_USED).touch()
+        (model_dir / _in_use_name()).touch()
     except OSError as e:
         log.debug("feature cache: cannot mark %s as used (%s)", model_dir, e)
+        return
+    if not _claimed:
+        import atexit
+
+        atexit.register(_release_claims)
+    _claimed.add(model_dir)
+
+
+def _in_use_name(host: Optional[str] = None, pid: Optional[int] = None) -> str:
+    import socket
+
+    return f"{IN_USE}{host or socket.gethostname()}-{pid or os.getpid()}"
+
+
+def _release_claims() -> None:
+    """At exit: remove this process's in-use marks (a process killed before leaves them behind; a mark
+    of a process that no longer exists is ignored, then removed, by :func:`users`)."""
+    for folder in _claimed:
+        try:
+            (folder / _in_use_name()).unlink(missing_ok=True)
+        except OSError:
+            pass
+    _claimed.clear()
+
+
+def users(model_dir: Path) -> list[str]:
+    """The processes other than this one that use ``model_dir`` ("host:pid"): on this host those still
+    running; on another host (a shared file system), those whose mark was touched in the last
+    ``FOREIGN_IN_USE_HOURS`` hours. Marks of processes that have ended are removed."""
+    import socket
+
+    host, me, out = socket.gethostname(), os.getpid(), []
+    for mark in Path(model_dir).glob(f"{IN_USE}*"):
+        mark_host, _, pid_text = mark.name[len(IN_USE):].rpartition("-")
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if mark_host != host:
+            live = time.time() - mark.stat().st_mtime < FOREIGN_IN_USE_HOURS * 3600
+        elif pid == me:
+            continue
+        else:
+            live = _process_exists(pid)
+            if not live:
+                mark.unlink(missing_ok=True)
+        if live:
+            out.append(f"{mark_host}:{pid}")
+    return out
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -377,6 +442,7 @@ class CachedModel:
     splits: int  # split folders
     bytes: int
     last_used: float  # seconds since the epoch: the last extraction or read request (else the newest file)
+    users: tuple = ()  # "host:pid" of the other processes using it now (see :func:`users`)
 
     @property
     def fingerprint(self) -> str:
@@ -392,7 +458,7 @@ def _model_entry(folder: Path) -> CachedModel:
     except (OSError, json.JSONDecodeError, AttributeError):
         name = None
     return CachedModel(folder, name, sum(1 for p in folder.iterdir() if p.is_dir()),
-                       sum(p.stat().st_size for p in files), last)
+                       sum(p.stat().st_size for p in files), last, tuple(users(folder)))
 
 
 def list_cache(root: str | Path) -> list[CachedModel]:
@@ -403,20 +469,23 @@ def list_cache(root: str | Path) -> list[CachedModel]:
     return sorted((_model_entry(p) for p in root.iterdir() if p.is_dir()), key=lambda m: -m.last_used)
 
 
-def prune_cache(root: str | Path, older_than_days: Optional[float] = None, dry_run: bool = False) -> list[CachedModel]:
+def prune_cache(root: str | Path, older_than_days: Optional[float] = None,
+                dry_run: bool = False) -> tuple[list[CachedModel], list[CachedModel]]:
     """Remove the model folders of ``root`` not used for ``older_than_days`` days (``None``: all of
-    them); returns what was (or, with ``dry_run``, would be) removed. An extraction in progress that
-    loses its folder fails; run this when no probe is running."""
+    them), except those another process is using (a probe that is running: it would fail, or
+    find half its features gone). Returns ``(removed, kept in use)``; with ``dry_run``, what would be
+    removed, removing nothing."""
     import shutil
 
     if older_than_days is not None and older_than_days < 0:
         raise ValueError(f"--older-than must be a number of days >= 0, not {older_than_days:g}")
     cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
-    gone = [m for m in list_cache(root) if cutoff is None or m.last_used < cutoff]
+    old = [m for m in list_cache(root) if cutoff is None or m.last_used < cutoff]
+    gone, busy = [m for m in old if not m.users], [m for m in old if m.users]
     if not dry_run:
         for m in gone:
             shutil.rmtree(m.path)
-    return gone
+    return gone, busy
 
 
 def drop_splits(root: str | Path, names: Sequence[str]) -> int:
