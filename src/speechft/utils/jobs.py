@@ -279,9 +279,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
                 elif stages.is_done(job, keys[n]):
                     rec = stages.done[n]
                     log.info("%s: done already with the same inputs (%.0f s), skipping", n, rec["seconds"])
-                    results[n] = rec.get("result") if rec.get("result") is not None else keys[n]
-                    del waiting[n]
-                    bar.update(1)
+                    settle(n, rec.get("result"))
                     settled = True
             if not settled:
                 return sorted(ready, key=lambda n: -prio[n])
@@ -303,9 +301,7 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
         _clear_owned(job, stages, keys[name], prov)
         t0, t1, _, result = _call(job.fn, job.call_kwargs())
         if stages.is_done(job, keys[name]) and stages.done[name].get("result") == _as_json(result):
-            results[name] = result if result is not None else keys[name]
-            del waiting[name]
-            bar.update(1)
+            settle(name, result)
             return
         stages.start(name, keys[name], prov)
         finish(name, t0, t1, None, result)
@@ -313,9 +309,14 @@ def run_jobs(jobs: Sequence[Job], stages: Stages, workers: int = 1, threads: Opt
     def finish(name: str, t0: float, t1: float, pid: Optional[int], result) -> None:
         stages.record(name, t0, t1, worker=pid, key=keys[name], result=result,
                       provenance=job_provenance(by_name[name], results))
+        settle(name, result)
+
+    def settle(name: str, result) -> None:
+        """``name`` is finished: run, run here (``always``) or skipped; what it returned (else its key)
+        feeds the keys of the jobs that consume it."""
         results[name] = result if result is not None else keys[name]
         del waiting[name]
-        bar.update(1)  # every job counts once: run, run here (``always``) or skipped
+        bar.update(1)  # every job counts once
 
     from tqdm.auto import tqdm
 
