@@ -111,7 +111,25 @@ def _choose_alpha(model: str, run_dir: str, spec: str, grid: list, limit: int) -
     return {**choice.to_json(), "alpha_shipped_grid": choice.on(GRID), "alpha_on_grid": choice.on(grid)}
 
 
-def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: dict, made_by: dict) -> None:
+@dataclass
+class _Made:
+    """What planning has made so far, shared by the planners of the scenarios, the multitask block and the
+    probes: the job that writes each record name's model, the record names whose models keep θ₀'s CNN
+    (their features come from one shared extraction pass), and each scenario's Stable-FT encoders."""
+
+    theta0: dict  # the provenance input of every job that reads θ₀: {"model": its weight fingerprint}
+    by: dict = field(default_factory=dict)  # record name -> name of the job that writes its model
+    shared_cnn: set = field(default_factory=lambda: {P.PRETRAINED})
+    stable: dict = field(default_factory=dict)  # (scenario, fine-tuning seed) -> Stable-FT encoder dir
+
+    def add(self, name: str, job: str, shared_cnn: bool = True) -> None:
+        """Record that ``job`` writes the model of record ``name`` (with θ₀'s CNN unless ``shared_cnn`` is false)."""
+        self.by[name] = job
+        if shared_cnn:
+            self.shared_cnn.add(name)
+
+
+def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, made: _Made) -> None:
     """Rows of a cross-lingual scenario: continued pre-training (α = 1) and its Speech-FT merge."""
     root = scenario_dir(out, sc.name)
     audio = unlabelled_dir(sc.languages, sc.hours)
@@ -124,19 +142,19 @@ def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0:
         job = f"{sc.name}: continued pre-training ft{k}"
         plan.jobs.append(Job(job, _continue_pretraining, dict(model=cfg.model, audio=str(audio), steps=sc.steps, lr=sc.lr,
                                                               seed=k, out=str(rdir)),
-                             deps=(prep,), outputs=(rdir / "encoder" / "config.json",), inputs=theta0, owns=(rdir,),
-                             cost=0.8 * sc.steps))
+                             deps=(prep,), outputs=(rdir / "encoder" / "config.json",), inputs=made.theta0,
+                             owns=(rdir,), cost=0.8 * sc.steps))
         name = _name(sc.name, "continued (α=1)", k)
         cont.append((name, str(rdir / "encoder")))
-        made_by[name] = job
+        made.add(name, job, shared_cnn=False)
         mdir = root / "models" / f"speech-ft-ft{k}"
         mjob = f"{sc.name}: merge ft{k}"
         plan.jobs.append(Job(mjob, P._merge, dict(model=cfg.model, finetuned=[str(rdir / "encoder")],
                                                   alphas=[float(cfg.alpha)], outs=[str(mdir)]),
-                             deps=(job,), outputs=(mdir / "config.json",), inputs=theta0, owns=(mdir,), cost=1))
+                             deps=(job,), outputs=(mdir / "config.json",), inputs=made.theta0, owns=(mdir,), cost=1))
         name = _name(sc.name, f"{P.SPEECHFT} (α={cfg.alpha:g})", k)
         sft.append((name, str(mdir)))
-        made_by[name] = mjob
+        made.add(name, mjob, shared_cnn=False)
     plan.rows += [StudyRow(sc.name, "continued (α=1)", P.ROLE_STABLE, tuple(cont), alpha=1.0),
                   StudyRow(sc.name, f"{P.SPEECHFT} (α={cfg.alpha:g})", P.ROLE_SPEECHFT, tuple(sft), alpha=float(cfg.alpha))]
 
@@ -160,8 +178,7 @@ CONTINUAL_METHODS = (
 )
 
 
-def _plan_continual(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: dict, made_by: dict,
-                    shared_cnn: set) -> None:
+def _plan_continual(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, made: _Made) -> None:
     """Rows of a continual scenario: every method of :data:`CONTINUAL_METHODS` after every stage of
     ``sc.order`` (intermediate stages probed on the order's tasks, the last on the whole suite).
 
@@ -188,7 +205,7 @@ def _plan_continual(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: di
         plan.jobs.append(Job(job, P._finetune, dict(model=init, task=order[stage - 1], recipe=recipe, rdir=str(rdir),
                                                     options=opts, **data),
                              deps=("prepare",) + ((init_job,) if init_job else ()),
-                             outputs=(rdir / "encoder" / "config.json",), inputs=theta0, owns=(rdir,),
+                             outputs=(rdir / "encoder" / "config.json",), inputs=made.theta0, owns=(rdir,),
                              cost=100 if recipe == "stable" else 170))
         return str(rdir / "encoder"), job
 
@@ -198,13 +215,12 @@ def _plan_continual(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: di
         job = f"{sc.name}: merge {slug} stage {stage} ft{k}"
         plan.jobs.append(Job(job, P._merge, dict(model=base, finetuned=tuned, alphas=[a], outs=[str(mdir)]),
                              deps=tuple(dict.fromkeys(((base_job,) if base_job else ()) + tuple(tuned_jobs))),
-                             outputs=(mdir / "config.json",), inputs=theta0, owns=(mdir,), cost=1))
+                             outputs=(mdir / "config.json",), inputs=made.theta0, owns=(mdir,), cost=1))
         return str(mdir), job
 
     def model(method: str, stage: int, k: int, ref: str, job: str, name_method: Optional[str] = None) -> None:
         name = _name(sc.name, f"{name_method or method} stage {stage}", k)
-        made_by[name] = job
-        shared_cnn.add(name)
+        made.add(name, job)
         per_stage.setdefault((method, stage), []).append((name, ref))
 
     for k in range(cfg.seeds_of(sc)):
@@ -249,189 +265,214 @@ def _plan_continual(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, theta0: di
                                       stage=stage))
 
 
-def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint: str = "") -> StudyPlan:
-    """The job graph and rows of one study (``tasks``: the probe suite actually available)."""
-    out = Path(out)
-    plan = StudyPlan()
-    theta0 = {"model": model_fingerprint}
+def _plan_finetunes(cfg: StudyConfig, sc, plan: StudyPlan, made: _Made) -> dict:
+    """Fine-tuning jobs of a supervised scenario, every recipe × fine-tuning seed; its rows by recipe (and
+    ``early``: the Stable-FT checkpoints saved at ``cfg.early_step``, when that baseline is asked for)."""
+    root = plan.dirs[sc.name]
     data = dict(size=cfg.size, fsdd=cfg.fsdd)
-    results = out / "probe" / "results.jsonl"
-    ft_tasks = list(dict.fromkeys(t for s in cfg.scenarios for t in s.tasks_used()))
-    plan.jobs.append(Job("prepare", P._prepare, dict(tasks=list(dict.fromkeys(ft_tasks + list(tasks))), **data),
-                         always=True, cost=15))
-    plan.rows += [StudyRow("", P.FBANK, P.ROLE_FBANK, ((P.FBANK, "fbank"),)),
-                  StudyRow("", P.PRETRAINED, P.ROLE_PRETRAINED, ((P.PRETRAINED, cfg.model),))]
-    shared_cnn: set = {P.PRETRAINED}  # record names whose features share θ₀'s CNN (extracted together)
-    made_by: dict = {}
-    stable_dirs: dict = {}  # (scenario, seed) -> Stable-FT encoder dir
-
-    for sc in cfg.scenarios:
-        plan.dirs[sc.name] = scenario_dir(out, sc.name)
-        if sc.kind == "unsupervised":
-            _plan_unsupervised(cfg, sc, out, plan, theta0, made_by)
-            continue
-        if sc.kind == "continual":
-            _plan_continual(cfg, sc, out, plan, theta0, made_by, shared_cnn)
-            continue
-        root = scenario_dir(out, sc.name)
-        recipes = ["regular", "stable"] + [b for b in sc.baselines if b in METHOD_NAMES]
-        rows: dict = {}
-        for recipe in recipes:
-            rec = get_recipe(recipe)
-            n_seeds = cfg.ft_seeds if recipe in ("regular", "stable") else cfg.baseline_ft_seeds
-            models = []
-            for k in range(n_seeds):
-                rdir = root / "finetune" / f"{recipe}-ft{k}"
-                job = f"{sc.name}: finetune-{recipe} ft{k}"
-                early = recipe == "stable" and "early" in sc.baselines and k < cfg.baseline_ft_seeds
-                opts = P.recipe_options(cfg, recipe, seed=k, save_every=cfg.early_step if early else 0)
-                if cfg.freeze_cnn and not rec.freeze_cnn:
-                    opts["freeze_cnn"] = True
-                plan.jobs.append(Job(job, P._finetune, dict(model=cfg.model, task=sc.task, recipe=recipe, rdir=str(rdir),
-                                                            options=opts, **data),
-                                     deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=theta0,
-                                     owns=(rdir,), cost=100 if recipe == "stable" else 170))
-                name = _name(sc.name, METHOD_NAMES[recipe], k)
-                models.append((name, str(rdir / "encoder")))
-                made_by[name] = job
-                if cnn_frozen(rec, opts.get("freeze_cnn")):  # θ₀'s CNN: features from the shared pass
-                    shared_cnn.add(name)
-                if recipe == "stable":
-                    stable_dirs[(sc.name, k)] = str(rdir / "encoder")
-            rows[recipe] = StudyRow(sc.name, METHOD_NAMES[recipe], P.ROLE_REGULAR if recipe == "regular" else
-                                    P.ROLE_STABLE if recipe == "stable" else P.ROLE_BASELINE, tuple(models))
-        if "early" in sc.baselines:
-            models = []
-            for k in range(cfg.baseline_ft_seeds):
-                name = _name(sc.name, f"early (step {cfg.early_step})", k)
-                models.append((name, str(root / "finetune" / f"stable-ft{k}" / "early" / f"step-{cfg.early_step}")))
-                made_by[name] = f"{sc.name}: finetune-stable ft{k}"
-                shared_cnn.add(name)
-            rows["early"] = StudyRow(sc.name, f"early (step {cfg.early_step})", P.ROLE_EARLY, tuple(models))
-        sft = f"{P.SPEECHFT} (α={cfg.alpha:g})"
+    recipes = ["regular", "stable"] + [b for b in sc.baselines if b in METHOD_NAMES]
+    rows: dict = {}
+    for recipe in recipes:
+        rec = get_recipe(recipe)
+        n_seeds = cfg.ft_seeds if recipe in ("regular", "stable") else cfg.baseline_ft_seeds
         models = []
-        for k in range(cfg.ft_seeds):
-            mdir = root / "models" / f"speech-ft-ft{k}"
-            job = f"{sc.name}: merge ft{k}"
-            plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=[stable_dirs[(sc.name, k)]],
-                                                     alphas=[float(cfg.alpha)], outs=[str(mdir)]),
-                                 deps=(f"{sc.name}: finetune-stable ft{k}",), outputs=(mdir / "config.json",),
-                                 inputs=theta0, owns=(mdir,), cost=1))
-            name = _name(sc.name, sft, k)
-            models.append((name, str(mdir)))
-            made_by[name] = job
-            shared_cnn.add(name)
-        rows["speech-ft"] = StudyRow(sc.name, sft, P.ROLE_SPEECHFT, tuple(models), alpha=float(cfg.alpha))
-        # α sweep on fine-tuning seed 0: α = 0, α and 1 are θ₀, Speech-FT and Stable-FT bit for bit
-        sweep = {0.0: P.PRETRAINED, 1.0: _name(sc.name, P.STABLE, 0), float(cfg.alpha): _name(sc.name, sft, 0)}
-        # the α-choice grid joins the sweep, its models probed on every task
-        grid = [float(a) for a in cfg.alpha_choice.grid] if sc.name in cfg.alpha_scenarios() else []
-        sweep_alphas = sorted({float(a) for a in (*cfg.sweep_alphas, *grid)})
-        extra = [a for a in sweep_alphas if a not in sweep]
-        if extra:
-            dirs = [str(root / "models" / "sweep" / f"alpha-{a:g}") for a in extra]
-            job = f"{sc.name}: merge sweep"
-            plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=[stable_dirs[(sc.name, 0)]],
-                                                     alphas=extra, outs=dirs),
-                                 deps=(f"{sc.name}: finetune-stable ft0",), inputs=theta0,
-                                 outputs=tuple(Path(d) / "config.json" for d in dirs), owns=tuple(Path(d) for d in dirs),
-                                 cost=len(extra)))
-            for a, d in zip(extra, dirs):
-                name = _name(sc.name, f"sweep α={a:g}", 0)
-                rows[f"sweep {a:g}"] = StudyRow(sc.name, f"sweep α={a:g}", P.ROLE_SWEEP, ((name, d),), alpha=a,
-                                                in_table=False, probe_tasks=tuple(tasks) if a in grid else ())
-                made_by[name] = job
-                shared_cnn.add(name)
-                sweep[a] = name
-        plan.sweeps[sc.name] = {a: sweep[a] for a in sweep_alphas}
-        if grid:
-            plan.alpha_grid[sc.name] = {a: sweep[a] for a in grid}
-            plan.alpha_rules[sc.name] = {}
-            plan.alpha_models[sc.name] = {}
-            for rule in cfg.alpha_choice.rules:
-                run_dir = str(root / "finetune" / "stable-ft0")
-                if parse_rule(f"auto:{rule}")[0].per_layer:  # its model is not on the grid: merge it, probe it on every task
-                    job = f"{sc.name}: merge auto:{rule} ft0"
-                    mdir = root / "models" / "auto" / file_name(rule)
-                    plan.jobs.append(Job(job, P._merge_auto, dict(model=cfg.model, run_dir=run_dir, spec=f"auto:{rule}",
-                                                                  out=str(mdir)),
-                                         deps=(f"{sc.name}: finetune-stable ft0",), outputs=(mdir / "config.json",),
-                                         inputs=theta0, owns=(mdir,), cost=2))
-                    name = _name(sc.name, f"auto:{rule}", 0)
-                    rows[f"auto {rule}"] = StudyRow(sc.name, f"auto:{rule}", P.ROLE_SWEEP, ((name, str(mdir)),),
-                                                    in_table=False, probe_tasks=tuple(tasks))
-                    made_by[name] = job
-                    shared_cnn.add(name)
-                    plan.alpha_models[sc.name][rule] = name
-                else:
-                    job = f"{sc.name}: alpha auto:{rule} ft0"
-                    plan.jobs.append(Job(job, _choose_alpha, dict(model=cfg.model, run_dir=run_dir, spec=f"auto:{rule}",
-                                                                  grid=grid, limit=cfg.alpha_choice.limit),
-                                         deps=("prepare", f"{sc.name}: finetune-stable ft0"), inputs=theta0, cost=40))
-                plan.alpha_rules[sc.name][rule] = job
-        plan.rows += list(rows.values())
-        analyzed = [(P.PRETRAINED, cfg.model), rows["regular"].models[0], rows["stable"].models[0],
-                    rows["speech-ft"].models[0]]
-        plan.jobs.append(Job(f"{sc.name}: analyze", P._analyze,
-                             dict(models=[r for _, r in analyzed], names=[n.split(" / ")[-2] if " / " in n else n
-                                                                        for n, _ in analyzed],
-                                  task=sc.task, size=cfg.size, fsdd=cfg.fsdd, limit=cfg.analysis_limit,
-                                  out=str(root / "analysis")),
-                             deps=("prepare", f"{sc.name}: finetune-regular ft0", f"{sc.name}: merge ft0"),
-                             outputs=(root / "analysis" / "analysis.jsonl",), inputs=theta0, owns=(root / "analysis",),
-                             cost=60))
+        for k in range(n_seeds):
+            rdir = root / "finetune" / f"{recipe}-ft{k}"
+            job = f"{sc.name}: finetune-{recipe} ft{k}"
+            early = recipe == "stable" and "early" in sc.baselines and k < cfg.baseline_ft_seeds
+            opts = P.recipe_options(cfg, recipe, seed=k, save_every=cfg.early_step if early else 0)
+            if cfg.freeze_cnn and not rec.freeze_cnn:
+                opts["freeze_cnn"] = True
+            plan.jobs.append(Job(job, P._finetune, dict(model=cfg.model, task=sc.task, recipe=recipe, rdir=str(rdir),
+                                                        options=opts, **data),
+                                 deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=made.theta0,
+                                 owns=(rdir,), cost=100 if recipe == "stable" else 170))
+            name = _name(sc.name, METHOD_NAMES[recipe], k)
+            models.append((name, str(rdir / "encoder")))
+            made.add(name, job, shared_cnn=cnn_frozen(rec, opts.get("freeze_cnn")))
+            if recipe == "stable":
+                made.stable[(sc.name, k)] = str(rdir / "encoder")
+        rows[recipe] = StudyRow(sc.name, METHOD_NAMES[recipe], P.ROLE_REGULAR if recipe == "regular" else
+                                P.ROLE_STABLE if recipe == "stable" else P.ROLE_BASELINE, tuple(models))
+    if "early" in sc.baselines:
+        models = []
+        for k in range(cfg.baseline_ft_seeds):
+            name = _name(sc.name, f"early (step {cfg.early_step})", k)
+            models.append((name, str(root / "finetune" / f"stable-ft{k}" / "early" / f"step-{cfg.early_step}")))
+            made.add(name, f"{sc.name}: finetune-stable ft{k}")
+        rows["early"] = StudyRow(sc.name, f"early (step {cfg.early_step})", P.ROLE_EARLY, tuple(models))
+    return rows
 
+
+def _plan_alpha_choice(cfg: StudyConfig, sc, plan: StudyPlan, made: _Made, rows: dict, grid: list[float],
+                       tasks: list[str]) -> None:
+    """The α-choice rules on fine-tuning seed 0: a job that chooses α on ``grid`` per global rule, or, for a
+    per-layer rule (whose model is not on the grid), the merge it makes, probed on every task."""
+    root = plan.dirs[sc.name]
+    run_dir = str(root / "finetune" / "stable-ft0")
+    plan.alpha_rules[sc.name] = {}
+    plan.alpha_models[sc.name] = {}
+    for rule in cfg.alpha_choice.rules:
+        if parse_rule(f"auto:{rule}")[0].per_layer:
+            job = f"{sc.name}: merge auto:{rule} ft0"
+            mdir = root / "models" / "auto" / file_name(rule)
+            plan.jobs.append(Job(job, P._merge_auto, dict(model=cfg.model, run_dir=run_dir, spec=f"auto:{rule}",
+                                                          out=str(mdir)),
+                                 deps=(f"{sc.name}: finetune-stable ft0",), outputs=(mdir / "config.json",),
+                                 inputs=made.theta0, owns=(mdir,), cost=2))
+            name = _name(sc.name, f"auto:{rule}", 0)
+            rows[f"auto {rule}"] = StudyRow(sc.name, f"auto:{rule}", P.ROLE_SWEEP, ((name, str(mdir)),),
+                                            in_table=False, probe_tasks=tuple(tasks))
+            made.add(name, job)
+            plan.alpha_models[sc.name][rule] = name
+        else:
+            job = f"{sc.name}: alpha auto:{rule} ft0"
+            plan.jobs.append(Job(job, _choose_alpha, dict(model=cfg.model, run_dir=run_dir, spec=f"auto:{rule}",
+                                                          grid=grid, limit=cfg.alpha_choice.limit),
+                                 deps=("prepare", f"{sc.name}: finetune-stable ft0"), inputs=made.theta0, cost=40))
+        plan.alpha_rules[sc.name][rule] = job
+
+
+def _plan_sweep(cfg: StudyConfig, sc, plan: StudyPlan, made: _Made, rows: dict, tasks: list[str]) -> None:
+    """The α sweep on fine-tuning seed 0 (α = 0, α and 1 are θ₀, Speech-FT and Stable-FT bit for bit; the
+    other α are merged), joined by the α-choice grid, whose models are probed on every task."""
+    root = plan.dirs[sc.name]
+    sweep = {0.0: P.PRETRAINED, 1.0: _name(sc.name, P.STABLE, 0), float(cfg.alpha): rows["speech-ft"].models[0][0]}
+    grid = [float(a) for a in cfg.alpha_choice.grid] if sc.name in cfg.alpha_scenarios() else []
+    sweep_alphas = sorted({float(a) for a in (*cfg.sweep_alphas, *grid)})
+    extra = [a for a in sweep_alphas if a not in sweep]
+    if extra:
+        dirs = [str(root / "models" / "sweep" / f"alpha-{a:g}") for a in extra]
+        job = f"{sc.name}: merge sweep"
+        plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=[made.stable[(sc.name, 0)]],
+                                                 alphas=extra, outs=dirs),
+                             deps=(f"{sc.name}: finetune-stable ft0",), inputs=made.theta0,
+                             outputs=tuple(Path(d) / "config.json" for d in dirs), owns=tuple(Path(d) for d in dirs),
+                             cost=len(extra)))
+        for a, d in zip(extra, dirs):
+            name = _name(sc.name, f"sweep α={a:g}", 0)
+            rows[f"sweep {a:g}"] = StudyRow(sc.name, f"sweep α={a:g}", P.ROLE_SWEEP, ((name, d),), alpha=a,
+                                            in_table=False, probe_tasks=tuple(tasks) if a in grid else ())
+            made.add(name, job)
+            sweep[a] = name
+    plan.sweeps[sc.name] = {a: sweep[a] for a in sweep_alphas}
+    if grid:
+        plan.alpha_grid[sc.name] = {a: sweep[a] for a in grid}
+        _plan_alpha_choice(cfg, sc, plan, made, rows, grid, tasks)
+
+
+def _plan_supervised(cfg: StudyConfig, sc, plan: StudyPlan, made: _Made, tasks: list[str]) -> None:
+    """Rows of a supervised scenario: every recipe × fine-tuning seed, each Stable-FT model merged into
+    Speech-FT (α), the α sweep and α choice on seed 0, and the weight/representation analysis."""
+    root = plan.dirs[sc.name]
+    rows = _plan_finetunes(cfg, sc, plan, made)
+    sft = f"{P.SPEECHFT} (α={cfg.alpha:g})"
+    models = []
+    for k in range(cfg.ft_seeds):
+        mdir = root / "models" / f"speech-ft-ft{k}"
+        job = f"{sc.name}: merge ft{k}"
+        plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=[made.stable[(sc.name, k)]],
+                                                 alphas=[float(cfg.alpha)], outs=[str(mdir)]),
+                             deps=(f"{sc.name}: finetune-stable ft{k}",), outputs=(mdir / "config.json",),
+                             inputs=made.theta0, owns=(mdir,), cost=1))
+        name = _name(sc.name, sft, k)
+        models.append((name, str(mdir)))
+        made.add(name, job)
+    rows["speech-ft"] = StudyRow(sc.name, sft, P.ROLE_SPEECHFT, tuple(models), alpha=float(cfg.alpha))
+    _plan_sweep(cfg, sc, plan, made, rows, tasks)
+    plan.rows += list(rows.values())
+    analyzed = [(P.PRETRAINED, cfg.model), rows["regular"].models[0], rows["stable"].models[0],
+                rows["speech-ft"].models[0]]
+    plan.jobs.append(Job(f"{sc.name}: analyze", P._analyze,
+                         dict(models=[r for _, r in analyzed], names=[n.split(" / ")[-2] if " / " in n else n
+                                                                    for n, _ in analyzed],
+                              task=sc.task, size=cfg.size, fsdd=cfg.fsdd, limit=cfg.analysis_limit,
+                              out=str(root / "analysis")),
+                         deps=("prepare", f"{sc.name}: finetune-regular ft0", f"{sc.name}: merge ft0"),
+                         outputs=(root / "analysis" / "analysis.jsonl",), inputs=made.theta0, owns=(root / "analysis",),
+                         cost=60))
+
+
+def _plan_multitask(cfg: StudyConfig, out: Path, plan: StudyPlan, made: _Made) -> None:
+    """The multitask rows: per method and fine-tuning seed, one merge of the scenarios' Stable-FT models."""
     mt = cfg.multitask
-    if mt and mt.scenarios:
-        for method in mt.methods:
-            models = []
-            for k in range(cfg.seeds_of(mt)):
-                mdir = out / "multitask" / f"{method}-ft{k}"
-                job = f"multitask: merge {method} ft{k}"
-                n = len(mt.scenarios)
-                opts = {"weights": [1.0 / n] * n} if method == "dare" else {}
-                if method in ("ties", "dare"):
-                    opts["density"] = mt.density
-                plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=[stable_dirs[(s, k)] for s in mt.scenarios],
-                                                         alphas=[mt.alpha], outs=[str(mdir)], method=method, options=opts),
-                                     deps=tuple(f"{s}: finetune-stable ft{k}" for s in mt.scenarios),
-                                     outputs=(mdir / "config.json",), inputs=theta0, owns=(mdir,), cost=2))
-                name = _name("multitask", MULTITASK_NAMES[method], k)
-                models.append((name, str(mdir)))
-                made_by[name] = job
-                shared_cnn.add(name)
-            plan.rows.append(StudyRow("multitask", MULTITASK_NAMES[method], P.ROLE_SPEECHFT, tuple(models),
-                                      alpha=mt.alpha))
+    for method in mt.methods:
+        models = []
+        for k in range(cfg.seeds_of(mt)):
+            mdir = out / "multitask" / f"{method}-ft{k}"
+            job = f"multitask: merge {method} ft{k}"
+            n = len(mt.scenarios)
+            opts = {"weights": [1.0 / n] * n} if method == "dare" else {}
+            if method in ("ties", "dare"):
+                opts["density"] = mt.density
+            tuned = [made.stable[(s, k)] for s in mt.scenarios]
+            plan.jobs.append(Job(job, P._merge, dict(model=cfg.model, finetuned=tuned, alphas=[mt.alpha], outs=[str(mdir)],
+                                                     method=method, options=opts),
+                                 deps=tuple(f"{s}: finetune-stable ft{k}" for s in mt.scenarios),
+                                 outputs=(mdir / "config.json",), inputs=made.theta0, owns=(mdir,), cost=2))
+            name = _name("multitask", MULTITASK_NAMES[method], k)
+            models.append((name, str(mdir)))
+            made.add(name, job)
+        plan.rows.append(StudyRow("multitask", MULTITASK_NAMES[method], P.ROLE_SPEECHFT, tuple(models),
+                                  alpha=mt.alpha))
 
+
+def _plan_probes(cfg: StudyConfig, out: Path, plan: StudyPlan, made: _Made, tasks: list[str]) -> None:
+    """Per task: one feature pass for every model with θ₀'s CNN, a probe job per model that the task concerns,
+    then per supervised scenario the sweep table over its probed α."""
+    results = out / "probe" / "results.jsonl"
     probe_kw = dict(probe_dir=str(out / "probe"), seeds=cfg.probe_seeds, limit=cfg.probe_limit,
-                    epochs=cfg.probe_epochs, **data)
+                    epochs=cfg.probe_epochs, size=cfg.size, fsdd=cfg.fsdd)
     sweep_tasks = {sc.name: [t for t in dict.fromkeys((sc.task, *cfg.sweep_tasks)) if t in tasks]
                    for sc in cfg.scenarios if sc.kind == "supervised"}
     for task in tasks:
         wanted = list(dict.fromkeys((n, ref) for r in plan.rows for n, ref in r.models
                                     if _probed_on(r, task, sweep_tasks)))
-        shared = [(n, ref) for n, ref in wanted if n in shared_cnn]
+        shared = [(n, ref) for n, ref in wanted if n in made.shared_cnn]
         plan.jobs.append(Job(f"extract / {task}", P._extract,
                              dict(refs=[ref for _, ref in shared], task=task, size=cfg.size, fsdd=cfg.fsdd,
                                   limit=cfg.probe_limit),
-                             deps=tuple(dict.fromkeys(["prepare"] + [made_by[n] for n, _ in shared if n in made_by])),
-                             inputs=theta0, cost=10 * len(shared)))
+                             deps=tuple(dict.fromkeys(["prepare"] + [made.by[n] for n, _ in shared if n in made.by])),
+                             inputs=made.theta0, cost=10 * len(shared)))
         for n, ref in wanted:
-            deps = ("prepare",) + ((made_by[n],) if n in made_by else ()) + \
-                ((f"extract / {task}",) if n in shared_cnn else ())
+            deps = ("prepare",) + ((made.by[n],) if n in made.by else ()) + \
+                ((f"extract / {task}",) if n in made.shared_cnn else ())
             plan.jobs.append(Job(f"probe {n} / {task}", P._probe, dict(name=n, ref=ref, task=task, **probe_kw),
-                                 deps=deps, outputs=(results,), inputs=theta0 if n == P.PRETRAINED else {},
+                                 deps=deps, outputs=(results,), inputs=made.theta0 if n == P.PRETRAINED else {},
                                  cost=10 * cfg.probe_seeds))
     for sc in cfg.scenarios:
         if sweep_tasks.get(sc.name):
             models = plan.sweeps[sc.name]
-            root = scenario_dir(out, sc.name)
+            root = plan.dirs[sc.name]
             plan.jobs.append(Job(f"{sc.name}: sweep", P._sweep,
                                  dict(models={f"{a:g}": n for a, n in models.items()}, tasks=sweep_tasks[sc.name],
                                       results=str(results), out=str(root / "sweep")),
                                  deps=tuple(f"probe {n} / {t}" for n in models.values() for t in sweep_tasks[sc.name]),
                                  owns=(root / "sweep",), cost=2))
-    plan.jobs += P.scratch_features(plan.jobs, out, cfg.size, made=set(made_by))
+
+
+def plan_study(cfg: StudyConfig, out: Path, tasks: list[str], model_fingerprint: str = "") -> StudyPlan:
+    """The job graph and rows of one study (``tasks``: the probe suite actually available)."""
+    out = Path(out)
+    plan = StudyPlan()
+    made = _Made(theta0={"model": model_fingerprint})
+    ft_tasks = list(dict.fromkeys(t for s in cfg.scenarios for t in s.tasks_used()))
+    plan.jobs.append(Job("prepare", P._prepare, dict(tasks=list(dict.fromkeys(ft_tasks + list(tasks))),
+                                                     size=cfg.size, fsdd=cfg.fsdd), always=True, cost=15))
+    plan.rows += [StudyRow("", P.FBANK, P.ROLE_FBANK, ((P.FBANK, "fbank"),)),
+                  StudyRow("", P.PRETRAINED, P.ROLE_PRETRAINED, ((P.PRETRAINED, cfg.model),))]
+    for sc in cfg.scenarios:
+        plan.dirs[sc.name] = scenario_dir(out, sc.name)
+        if sc.kind == "unsupervised":
+            _plan_unsupervised(cfg, sc, out, plan, made)
+        elif sc.kind == "continual":
+            _plan_continual(cfg, sc, out, plan, made)
+        else:
+            _plan_supervised(cfg, sc, plan, made, tasks)
+    if cfg.multitask and cfg.multitask.scenarios:
+        _plan_multitask(cfg, out, plan, made)
+    _plan_probes(cfg, out, plan, made, tasks)
+    plan.jobs += P.scratch_features(plan.jobs, out, cfg.size, made=set(made.by))
     return plan
 
 
