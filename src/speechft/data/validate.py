@@ -246,34 +246,15 @@ def _id_of(raw: str) -> Optional[str]:
     return str(rid) if rid not in (None, "") else None
 
 
-def validate_manifests(
-    paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
-    task=None,
-    min_seconds: float = 0.1,
-    max_seconds: Optional[float] = 30.0,
-    channels: Optional[int] = None,
-    sample_rates: Optional[Sequence[int]] = None,
-    use_cache: bool = True,
-    workers: Optional[int] = None,
-) -> ValidationReport:
-    """Check every row of every manifest (see the module docstring for the checks and reasons).
-
-    ``task`` is a :class:`speechft.tasks.Task` or a task name; it adds the target check.
-    ``max_seconds=None`` means no upper limit. Raises :class:`ManifestError` when a manifest
-    file itself is missing and ``ValueError`` for nonsensical options.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    manifests = [Path(p) for p in paths]
+def _check_options(manifests: list[Path], min_seconds: float, max_seconds: Optional[float],
+                   channels: Optional[int], sample_rates: Optional[Sequence[int]]) -> Optional[list[int]]:
+    """Raise for missing manifests (:class:`ManifestError`) and nonsensical options (``ValueError``);
+    the accepted sample rates, sorted (None: any)."""
     if not manifests:
         raise ValueError("validate: no manifests given")
     missing = [str(p) for p in manifests if not p.is_file()]
     if missing:
         raise ManifestError(f"manifest not found: {', '.join(missing)}")
-    if isinstance(task, str):
-        from ..tasks import get_task
-
-        task = get_task(task)
     if min_seconds < 0 or (max_seconds is not None and max_seconds <= min_seconds):
         raise ValueError(f"validate: need 0 <= min_seconds < max_seconds, got {min_seconds} and {max_seconds}")
     if channels is not None and channels < 1:
@@ -281,16 +262,19 @@ def validate_manifests(
     rates = sorted({int(r) for r in sample_rates}) if sample_rates else None
     if rates and rates[0] <= 0:
         raise ValueError(f"validate: sample rates must be positive, got {rates}")
-
     names = [str(p) for p in manifests]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"validate: manifest given more than once: {', '.join(twice)}")
-    report = ValidationReport(manifests=names, good_rows={m: [] for m in names}, total_rows=dict.fromkeys(names, 0))
-    # Pass 1: parse lines and find duplicate ids, in file order (the first occurrence wins).
-    entries: list[tuple[int, str, int, Utterance]] = []  # (manifest index, name, lineno, row)
+    return rates
+
+
+def _parse_rows(manifests: list[Path], report: ValidationReport) -> list[tuple[int, str, int, Utterance]]:
+    """Pass 1: parse every line, in file order; unparsable lines and duplicate ids (the first occurrence
+    wins) go to ``report.bad``. The parsed rows as (manifest index, manifest name, line number, row)."""
+    entries: list[tuple[int, str, int, Utterance]] = []
     seen: dict[str, tuple[str, int]] = {}
-    for mi, (p, name) in enumerate(zip(manifests, names)):
+    for mi, (p, name) in enumerate(zip(manifests, report.manifests)):
         for lineno, raw, item in _iter_lines(p):
             report.total_rows[name] += 1
             if isinstance(item, ManifestError):
@@ -304,8 +288,12 @@ def validate_manifests(
                 continue
             seen[item.id] = (name, lineno)
             entries.append((mi, name, lineno, item))
+    return entries
 
-    # Pass 2: facts per audio file, from the cache when (size, mtime) still match.
+
+def _audio_facts(manifests: list[Path], entries: list, use_cache: bool, workers: Optional[int]) -> dict[str, dict]:
+    """Pass 2: the facts of every audio file the rows name (:func:`scan_audio`), from the manifests' caches
+    when the file's (size, mtime) still match, else read with a thread pool."""
     caches = [_load_cache(p) if use_cache else {} for p in manifests]
     facts: dict[str, dict] = {}
     todo: dict[str, None] = {}  # ordered set of files to read
@@ -332,10 +320,15 @@ def validate_manifests(
                                           disable=len(todo) < 200)):
                 facts[path] = f
     log.debug("validation: %d files read, %d from cache", len(todo), len(facts) - len(todo))
+    return facts
 
-    # Pass 3: verdict per row.
+
+def _judge_rows(entries: list, facts: dict[str, dict], task, report: ValidationReport, min_seconds: float,
+                max_seconds: Optional[float], channels: Optional[int], rates: Optional[list[int]]) -> list[dict]:
+    """Pass 3: the verdict on every parsed row, into ``report`` (bad rows with their reason; good rows with
+    their duration and sample rate filled in; notes). Returns the facts to cache, per manifest."""
     n_slots = _expected_slots(task, (e[3] for e in entries)) if task is not None and task.kind == "slots" else None
-    new_cache: list[dict] = [{} for _ in manifests]
+    new_cache: list[dict] = [{} for _ in report.manifests]
     for mi, name, lineno, row in entries:
         f = facts[row.audio]
         if "mtime_ns" in f and f.get("error") not in ("permission denied",):
@@ -356,6 +349,38 @@ def validate_manifests(
         report.good_rows[name].append(dataclasses.replace(
             row, duration=row.duration if row.duration is not None else dur,
             sample_rate=row.sample_rate if row.sample_rate is not None else sr))
+    return new_cache
+
+
+def validate_manifests(
+    paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+    task=None,
+    min_seconds: float = 0.1,
+    max_seconds: Optional[float] = 30.0,
+    channels: Optional[int] = None,
+    sample_rates: Optional[Sequence[int]] = None,
+    use_cache: bool = True,
+    workers: Optional[int] = None,
+) -> ValidationReport:
+    """Check every row of every manifest (see the module docstring for the checks and reasons).
+
+    ``task`` is a :class:`speechft.tasks.Task` or a task name; it adds the target check.
+    ``max_seconds=None`` means no upper limit. Raises :class:`ManifestError` when a manifest
+    file itself is missing and ``ValueError`` for nonsensical options.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    manifests = [Path(p) for p in paths]
+    rates = _check_options(manifests, min_seconds, max_seconds, channels, sample_rates)
+    if isinstance(task, str):
+        from ..tasks import get_task
+
+        task = get_task(task)
+    names = [str(p) for p in manifests]
+    report = ValidationReport(manifests=names, good_rows={m: [] for m in names}, total_rows=dict.fromkeys(names, 0))
+    entries = _parse_rows(manifests, report)
+    facts = _audio_facts(manifests, entries, use_cache, workers)
+    new_cache = _judge_rows(entries, facts, task, report, min_seconds, max_seconds, channels, rates)
     if use_cache:
         for p, files in zip(manifests, new_cache):
             _save_cache(p, files)
