@@ -215,6 +215,55 @@ def _disk_models(sources, plan, method, params_by_alpha: dict, out_dir: Path, dt
         yield a, str(dirs[a])
 
 
+def _task_objects(tasks: Sequence) -> dict:
+    """``--tasks`` as name -> what the probe is given (a registered name, or a Task object); unknown names
+    fail with "did you mean", a name listed twice or no task at all with a ValueError."""
+    from ..tasks import get_task
+
+    task_objs = {}
+    for t in tasks:
+        name = t if isinstance(t, str) else t.name
+        if isinstance(t, str):
+            get_task(t)
+        if name in task_objs:
+            raise ValueError(f"--tasks: {name} is listed twice")
+        task_objs[name] = t
+    if not task_objs:
+        raise ValueError("--tasks: at least one task is needed")
+    return task_objs
+
+
+def _check_select(select: str, tasks: list[str], alphas: list[float]) -> None:
+    """Fail before any work when the ``--select`` rule cannot be applied to this sweep."""
+    rule, kw = parse_rule(select)
+    if "task" in kw and kw["task"] not in tasks:
+        raise ValueError(f"--select: task {kw['task']!r} is not among --tasks ({', '.join(tasks)})")
+    if rule.name == "ft-task" and 0.0 not in alphas:
+        raise ValueError("--select ft-task needs α=0 in --alphas (drops are measured against it)")
+
+
+def _data_keys(task_objs: dict, size: str, fsdd_root: Optional[str], limit: Optional[int],
+               epochs: Optional[int]) -> dict:
+    """task name -> the key of the data the built-in probe uses for it (manifest contents, rows, audio)."""
+    from ..probe.runner import plan_tasks
+    from ..tasks import get_task
+    from ..utils.provenance import key_of
+
+    objs = [t if not isinstance(t, str) else get_task(t) for t in task_objs.values()]
+    return {p.task.name: key_of(p.data) for p in plan_tasks(objs, size, fsdd_root, limit, False, epochs, {})}
+
+
+def _current_records(path: Path, sid: str, alphas: Sequence[float], data_keys: dict) -> list[dict]:
+    """The newest record per (α, task, metric) of sweep ``sid`` in ``path``, on the tasks' current data."""
+    wanted = {round(a, 9) for a in alphas}
+    latest = {}
+    for r in read_jsonl(path):
+        if r.get("sweep_id") == sid and round(r["alpha"], 9) in wanted and r["task"] in data_keys \
+                and r.get("data_key") == data_keys[r["task"]]:
+            latest[(round(r["alpha"], 9), r["task"], r["metric"])] = r
+    return list(latest.values())
+
+
 def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float], tasks: Sequence,
               out_dir: str | Path, *, method: str = "linear", weights: Optional[Sequence[float]] = None,
               density: float = 0.5, seed: int = 0, majority_sign: str = "total", excluded: str = "keep",
@@ -233,28 +282,13 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
     ``probe_fn(model, tasks, out_dir, seeds=, size=, fsdd_root=, limit=, model_name=, epochs=, cache_dir=, replace=True)``
     with an encoder (models="memory") or a model directory (models="disk") and returns probe records.
     """
-    from ..tasks import get_task
-
     alphas = parse_alphas(alphas)
-    task_objs = {}  # name -> what the probe is given (a registered name, or a Task object)
-    for t in tasks:
-        name = t if isinstance(t, str) else t.name
-        if isinstance(t, str):
-            get_task(t)  # unknown names fail now, with "did you mean"
-        if name in task_objs:
-            raise ValueError(f"--tasks: {name} is listed twice")
-        task_objs[name] = t
+    task_objs = _task_objects(tasks)
     tasks = list(task_objs)
-    if not tasks:
-        raise ValueError("--tasks: at least one task is needed")
     if models not in MODES:
         raise ValueError(f"--models must be one of {', '.join(MODES)}, got {models!r}")
     if select:
-        rule, kw = parse_rule(select)
-        if "task" in kw and kw["task"] not in tasks:
-            raise ValueError(f"--select: task {kw['task']!r} is not among --tasks ({', '.join(tasks)})")
-        if rule.name == "ft-task" and 0.0 not in alphas:
-            raise ValueError("--select ft-task needs α=0 in --alphas (drops are measured against it)")
+        _check_select(select, tasks, alphas)
     m, w, params_by_alpha, sources, plan = _setup(pretrained, finetuned, alphas, method, weights, density, seed,
                                                   majority_sign, excluded)
     out_dir = Path(out_dir)
@@ -265,15 +299,8 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
     identity = sweep_identity(m, params_by_alpha[alphas[0]], excluded, sources, probe_opts)
     sid = identity_id(identity)
     # each task's data (manifest contents, rows, audio): a record counts only for the data it was made on
-    from ..probe.runner import plan_tasks
-    from ..utils.provenance import key_of
-
-    if probe_fn is None:
-        data_keys = {p.task.name: key_of(p.data) for p in plan_tasks(
-            [task_objs[t] if not isinstance(task_objs[t], str) else get_task(t) for t in tasks],
-            size, fsdd_root, limit, False, epochs, {})}
-    else:  # a custom probe (tests, other harnesses) answers for its own data
-        data_keys = {t: None for t in tasks}
+    data_keys = (_data_keys(task_objs, size, fsdd_root, limit, epochs) if probe_fn is None
+                 else {t: None for t in tasks})  # a custom probe (tests, other harnesses) answers for its own data
     done = {(round(r["alpha"], 9), r["task"]) for r in check_resume(out_dir, identity)
             if r.get("data_key") == data_keys[r["task"]]} if tasks else set()
     pending = {a: [t for t in tasks if (round(a, 9), t) not in done] for a in alphas}
@@ -305,13 +332,7 @@ def run_sweep(pretrained: str, finetuned: Sequence[str], alphas: Sequence[float]
                 append_jsonl(out_dir / SWEEP_FILE, {**rec, "data_key": data_keys[rec["task"]]})
             del model
 
-    wanted = {round(a, 9) for a in alphas}
-    latest = {}  # (α, task, metric) -> the newest record on the current data
-    for r in read_jsonl(out_dir / SWEEP_FILE):
-        if r.get("sweep_id") == sid and round(r["alpha"], 9) in wanted and r["task"] in tasks \
-                and r.get("data_key") == data_keys[r["task"]]:
-            latest[(round(r["alpha"], 9), r["task"], r["metric"])] = r
-    records = list(latest.values())
+    records = _current_records(out_dir / SWEEP_FILE, sid, alphas, data_keys)
     selection, selected_dir = None, None
     if select:
         selection = select_alpha(records, select)
