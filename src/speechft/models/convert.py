@@ -218,41 +218,30 @@ def _family(model_type: Optional[str], arch: _Arch, keys) -> str:
 
 # --- conversion ------------------------------------------------------------------------------------
 
-def convert_checkpoint(
-    src: str | Path,
-    out_dir: str | Path,
-    allow_unsafe_pickle: bool = False,
-    model_type: Optional[str] = None,
-    fmt: str = "auto",
-    config: Optional[str | Path] = None,
-    strict: bool = False,
-    overwrite: bool = False,
-) -> ConversionReport:
-    """Convert ``src`` to an HF directory ``out_dir`` (written atomically, verified before it appears).
-
-    ``config`` (HF dir, config.json, or a checkpoint with a cfg) gives the architecture when the file has
-    none (s3prl downstream, bare state dicts) and overrides it otherwise. ``strict`` refuses tensors that
-    are neither mapped nor dropped by design."""
-    src, out_dir = Path(src).expanduser(), Path(out_dir).expanduser()
-    if fmt not in FORMATS:
-        near = difflib.get_close_matches(fmt, FORMATS, n=1)
-        raise ValueError(f"unknown format {fmt!r}" + (f" (did you mean {near[0]!r}?)" if near else "") +
-                         f"; choose from {', '.join(FORMATS)}")
+def _check_output(out_dir: Path, src: Path, config, overwrite: bool) -> None:
+    """Refuse an output folder that is an input, a file, or (without ``overwrite``) a non-empty folder."""
     check_not_input(out_dir, {"checkpoint": src, "--config": config})  # --overwrite replaces out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"output path {out_dir} exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"output directory {out_dir} exists and is not empty (pass --overwrite to replace it)")
-    obj, meta = read_checkpoint(src, allow_unsafe_pickle)
+
+
+def _layout(obj: dict, meta: Optional[dict], src: Path, fmt: str) -> str:
+    """The checkpoint's format: the detected layout, or ``fmt`` when it is compatible with it."""
     detected = detect_format(obj, src, meta)
     groups = [{"fairseq", "s3prl-upstream", "speechft-release"}, {"safetensors", "state-dict"}, {"s3prl-downstream"}]
     if fmt != "auto" and not any(fmt in g and detected in g for g in groups):
         raise ValueError(f"{src} is not a {fmt} checkpoint: its layout is {detected} "
                          f"(top-level entries: {sorted(map(str, obj))[:_SHOW]})")
-    fmt = detected if fmt == "auto" else fmt
+    return detected if fmt == "auto" else fmt
 
+
+def _weights_and_arch(obj: dict, meta: Optional[dict], src: Path, fmt: str, arch: Optional[_Arch],
+                      allow_unsafe_pickle: bool) -> tuple[dict, _Arch, dict[str, str]]:
+    """The state dict inside a ``fmt`` checkpoint, its architecture (``arch`` when given, else what the file
+    carries) and the top-level entries dropped by design (name -> reason)."""
     dropped: dict[str, str] = {}
-    arch: Optional[_Arch] = _arch_from_ref(config, allow_unsafe_pickle) if config is not None else None
     if fmt == "s3prl-downstream":
         sd = obj["Upstream"]
         for entry in ("Featurizer", "Downstream"):
@@ -276,6 +265,59 @@ def convert_checkpoint(
     if arch is None:
         raise ValueError(f"{src} ({fmt}) carries no architecture: pass --config (an HF model dir, a config.json, "
                          "or the fairseq/s3prl checkpoint the weights come from)")
+    return sd, arch, dropped
+
+
+def _match_masking(hf_config, has_mask: bool) -> list[str]:
+    """transformers creates ``masked_spec_embed`` only when masking is on: set the config's masking so that
+    the model has a mask embedding exactly when the checkpoint does. The notes on what changed."""
+    masking = hf_config.mask_time_prob > 0 or hf_config.mask_feature_prob > 0
+    if has_mask and not masking:
+        hf_config.mask_time_prob = SAVED_MASK_TIME_PROB
+        return [f"mask_time_prob set to {SAVED_MASK_TIME_PROB} so the model keeps its mask embedding"]
+    if masking and not has_mask:
+        hf_config.mask_time_prob = hf_config.mask_feature_prob = 0.0
+        return ["the checkpoint has no mask embedding: masking disabled in the config"]
+    return []
+
+
+def _dtype_notes(mapped: dict) -> list[str]:
+    """Notes on source tensors that were not float32 (all are stored as float32)."""
+    dtypes = {str(t.dtype).replace("torch.", "") for _, t in mapped.values()} - {"float32"}
+    notes = []
+    if dtypes & {"float16", "bfloat16"}:
+        notes.append("float16/bfloat16 source tensors stored as float32 (an exact widening)")
+    if dtypes - {"float16", "bfloat16"}:
+        notes.append(f"source tensors in {', '.join(sorted(dtypes - {'float16', 'bfloat16'}))} cast to float32 "
+                     "(compared after the cast)")
+    return notes
+
+
+def convert_checkpoint(
+    src: str | Path,
+    out_dir: str | Path,
+    allow_unsafe_pickle: bool = False,
+    model_type: Optional[str] = None,
+    fmt: str = "auto",
+    config: Optional[str | Path] = None,
+    strict: bool = False,
+    overwrite: bool = False,
+) -> ConversionReport:
+    """Convert ``src`` to an HF directory ``out_dir`` (written atomically, verified before it appears).
+
+    ``config`` (HF dir, config.json, or a checkpoint with a cfg) gives the architecture when the file has
+    none (s3prl downstream, bare state dicts) and overrides it otherwise. ``strict`` refuses tensors that
+    are neither mapped nor dropped by design."""
+    src, out_dir = Path(src).expanduser(), Path(out_dir).expanduser()
+    if fmt not in FORMATS:
+        near = difflib.get_close_matches(fmt, FORMATS, n=1)
+        raise ValueError(f"unknown format {fmt!r}" + (f" (did you mean {near[0]!r}?)" if near else "") +
+                         f"; choose from {', '.join(FORMATS)}")
+    _check_output(out_dir, src, config, overwrite)
+    obj, meta = read_checkpoint(src, allow_unsafe_pickle)
+    fmt = _layout(obj, meta, src, fmt)
+    arch: Optional[_Arch] = _arch_from_ref(config, allow_unsafe_pickle) if config is not None else None
+    sd, arch, dropped = _weights_and_arch(obj, meta, src, fmt, arch, allow_unsafe_pickle)
     naming, prefix, inside, outside = _split_prefix(sd, src)
     family = _family(model_type, arch, inside.keys())
     if arch.hf_config is not None:
@@ -284,16 +326,7 @@ def convert_checkpoint(
         hf_config = km.hf_config_from_fairseq(family, arch.model_cfg)
     normalize = arch.normalize if arch.normalize is not None else bool(
         (arch.task_cfg or {}).get("normalize") or (arch.model_cfg or {}).get("normalize"))
-    notes: list[str] = []
-    # transformers creates masked_spec_embed only when masking is on: match the config to the weights
-    has_mask = ("mask_emb" if naming == "fairseq" else "masked_spec_embed") in inside
-    masking = hf_config.mask_time_prob > 0 or hf_config.mask_feature_prob > 0
-    if has_mask and not masking:
-        hf_config.mask_time_prob = SAVED_MASK_TIME_PROB
-        notes.append(f"mask_time_prob set to {SAVED_MASK_TIME_PROB} so the model keeps its mask embedding")
-    elif masking and not has_mask:
-        hf_config.mask_time_prob = hf_config.mask_feature_prob = 0.0
-        notes.append("the checkpoint has no mask embedding: masking disabled in the config")
+    notes = _match_masking(hf_config, ("mask_emb" if naming == "fairseq" else "masked_spec_embed") in inside)
 
     from transformers import AutoModel
 
@@ -318,12 +351,7 @@ def convert_checkpoint(
         raise ValueError(f"{src}: {len(unmapped)} tensors are neither mapped nor dropped by design (--strict): "
                          f"{unmapped[:_SHOW]}")
     model.load_state_dict({**{k: t for k, (_, t) in mapped.items()}, **synthesized}, strict=True)
-    dtypes = {str(t.dtype).replace("torch.", "") for _, t in mapped.values()} - {"float32"}
-    if dtypes & {"float16", "bfloat16"}:
-        notes.append("float16/bfloat16 source tensors stored as float32 (an exact widening)")
-    if dtypes - {"float16", "bfloat16"}:
-        notes.append(f"source tensors in {', '.join(sorted(dtypes - {'float16', 'bfloat16'}))} cast to float32 "
-                     "(compared after the cast)")
+    notes += _dtype_notes(mapped)
 
     report = ConversionReport(
         source=str(src), out_dir=str(out_dir), format=fmt, model_type=family, architecture=arch_name,
