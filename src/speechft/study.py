@@ -129,6 +129,24 @@ class _Made:
             self.shared_cnn.add(name)
 
 
+def _finetune_job(cfg: StudyConfig, made: _Made, name: str, model: str, task: str, recipe: str, rdir: Path,
+                  seed: int, deps: tuple = ("prepare",), save_every: int = 0) -> Job:
+    """The job that fine-tunes ``model`` on ``task`` with ``recipe`` into ``rdir``: the config's options for the
+    recipe, with the CNN frozen wherever the study's ``freeze_cnn`` asks for it."""
+    opts = P.recipe_options(cfg, recipe, seed=seed, save_every=save_every)
+    if cfg.freeze_cnn and not get_recipe(recipe).freeze_cnn:
+        opts["freeze_cnn"] = True
+    return Job(name, P._finetune, dict(model=model, task=task, recipe=recipe, rdir=str(rdir), options=opts,
+                                       size=cfg.size, fsdd=cfg.fsdd),
+               deps=deps, outputs=(rdir / "encoder" / "config.json",), inputs=made.theta0, owns=(rdir,),
+               cost=100 if recipe == "stable" else 170)
+
+
+def _keeps_cnn(job: Job) -> bool:
+    """Whether the fine-tuning ``job`` keeps θ₀'s CNN (its recipe's default unless its options set it)."""
+    return cnn_frozen(get_recipe(job.kwargs["recipe"]), job.kwargs["options"].get("freeze_cnn"))
+
+
 def _plan_unsupervised(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, made: _Made) -> None:
     """Rows of a cross-lingual scenario: continued pre-training (α = 1) and its Speech-FT merge."""
     root = scenario_dir(out, sc.name)
@@ -186,28 +204,20 @@ def _plan_continual(cfg: StudyConfig, sc, out: Path, plan: StudyPlan, made: _Mad
     with θ₀ for both Speech-FT methods): one job each, one record name, shared by their rows. The
     multitask merge takes the first stage's Stable-FT and independent Stable-FTs of θ₀ on the other tasks."""
     root = scenario_dir(out, sc.name)
-    data = dict(size=cfg.size, fsdd=cfg.fsdd)
     order = list(sc.order)
     alpha = float(cfg.alpha)
     mt_alpha = cfg.multitask.alpha if cfg.multitask else 1.0
     per_stage: dict = {}  # (method, stage) -> [(record name, ref)] over seeds
 
     def finetune(slug: str, stage: int, recipe: str, init: str, init_job: Optional[str], k: int) -> tuple[str, str]:
-        rec = get_recipe(recipe)
         rdir = root / "finetune" / f"{slug}-stage{stage}-{order[stage - 1]}-ft{k}"
-        job = f"{sc.name}: finetune {slug} stage {stage} ft{k}"
-        opts = P.recipe_options(cfg, recipe, seed=k)
-        if cfg.freeze_cnn and not rec.freeze_cnn:
-            opts["freeze_cnn"] = True
-        if not cnn_frozen(rec, opts.get("freeze_cnn")):
+        job = _finetune_job(cfg, made, f"{sc.name}: finetune {slug} stage {stage} ft{k}", init, order[stage - 1],
+                            recipe, rdir, k, deps=("prepare",) + ((init_job,) if init_job else ()))
+        if not _keeps_cnn(job):
             raise ValueError(f"scenario {sc.name}: the continual scenario needs freeze_cnn: true (every stage keeps "
                              f"θ₀'s CNN, so that all its models share one feature pass)")
-        plan.jobs.append(Job(job, P._finetune, dict(model=init, task=order[stage - 1], recipe=recipe, rdir=str(rdir),
-                                                    options=opts, **data),
-                             deps=("prepare",) + ((init_job,) if init_job else ()),
-                             outputs=(rdir / "encoder" / "config.json",), inputs=made.theta0, owns=(rdir,),
-                             cost=100 if recipe == "stable" else 170))
-        return str(rdir / "encoder"), job
+        plan.jobs.append(job)
+        return str(rdir / "encoder"), job.name
 
     def merge(slug: str, stage: int, base: str, base_job: Optional[str], tuned: list, tuned_jobs: list, a: float,
               k: int) -> tuple[str, str]:
@@ -269,27 +279,20 @@ def _plan_finetunes(cfg: StudyConfig, sc, plan: StudyPlan, made: _Made) -> dict:
     """Fine-tuning jobs of a supervised scenario, every recipe × fine-tuning seed; its rows by recipe (and
     ``early``: the Stable-FT checkpoints saved at ``cfg.early_step``, when that baseline is asked for)."""
     root = plan.dirs[sc.name]
-    data = dict(size=cfg.size, fsdd=cfg.fsdd)
     recipes = ["regular", "stable"] + [b for b in sc.baselines if b in METHOD_NAMES]
     rows: dict = {}
     for recipe in recipes:
-        rec = get_recipe(recipe)
         n_seeds = cfg.ft_seeds if recipe in ("regular", "stable") else cfg.baseline_ft_seeds
         models = []
         for k in range(n_seeds):
             rdir = root / "finetune" / f"{recipe}-ft{k}"
-            job = f"{sc.name}: finetune-{recipe} ft{k}"
             early = recipe == "stable" and "early" in sc.baselines and k < cfg.baseline_ft_seeds
-            opts = P.recipe_options(cfg, recipe, seed=k, save_every=cfg.early_step if early else 0)
-            if cfg.freeze_cnn and not rec.freeze_cnn:
-                opts["freeze_cnn"] = True
-            plan.jobs.append(Job(job, P._finetune, dict(model=cfg.model, task=sc.task, recipe=recipe, rdir=str(rdir),
-                                                        options=opts, **data),
-                                 deps=("prepare",), outputs=(rdir / "encoder" / "config.json",), inputs=made.theta0,
-                                 owns=(rdir,), cost=100 if recipe == "stable" else 170))
+            job = _finetune_job(cfg, made, f"{sc.name}: finetune-{recipe} ft{k}", cfg.model, sc.task, recipe, rdir, k,
+                                save_every=cfg.early_step if early else 0)
+            plan.jobs.append(job)
             name = _name(sc.name, METHOD_NAMES[recipe], k)
             models.append((name, str(rdir / "encoder")))
-            made.add(name, job, shared_cnn=cnn_frozen(rec, opts.get("freeze_cnn")))
+            made.add(name, job.name, shared_cnn=_keeps_cnn(job))
             if recipe == "stable":
                 made.stable[(sc.name, k)] = str(rdir / "encoder")
         rows[recipe] = StudyRow(sc.name, METHOD_NAMES[recipe], P.ROLE_REGULAR if recipe == "regular" else
